@@ -1,0 +1,260 @@
+"""The syncer: the only writer of the store. Group commit, then acknowledge.
+
+Owns: nothing that outlives it. Its mailbox, the downloaders' work mailbox, the stats
+mailbox, its `SyncerHealth` and the `LeaseControl` all belong to the runtime, so a
+restarted syncer loses nothing: messages it had taken but not committed are in flight
+in its mailbox and are delivered again, first.
+
+Receives: `SyncerMsg` (submits, stages, effects, outcomes, renewals, reaps, ...).
+Sends, only after the batch's transaction has committed, in this order:
+  1. a `StatsUpdate` with the committed deltas to the stats-keeper (before anyone is told,
+     so "submit returned" implies "the stats-keeper will see it");
+  2. the jobs leased in this batch to the work mailbox;
+  3. replies to senders that wait, and the upstream acknowledgements (``on_commit``);
+  4. the ack of the batch in its own mailbox.
+A crash anywhere in that list redelivers the batch, which is safe: every message is
+idempotent to apply again, and replies keep their first value.
+
+Leasing is a write, so it happens here, inside the same transactions: each batch leases
+as many due jobs as the work mailbox has free room (its capacity is the downloaders'
+concurrency plus a small prefetch; a slot frees when a downloader finishes a job).
+
+A failed commit is rolled back by the store; the batch is retried with exponential
+back-off, the failure is visible in `SyncerHealth`, and after ``escalate_after`` seconds of
+continuous failure the syncer raises `CommitFailing` to its supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+
+from syncward.errors import MailboxClosed, StoreUnavailable, SyncwardError
+from syncward.jobs import Job, JobState
+from syncward.messages import (
+    ApplyResult,
+    LeaseOrder,
+    Recount,
+    Rejected,
+    Submit,
+    SubmitResult,
+    SyncerMsg,
+)
+
+if TYPE_CHECKING:
+    from syncward.actors.mailbox import Mailbox
+    from syncward.adapters.base import Store
+    from syncward.clock import Clock
+    from syncward.testing.faults import Faults
+
+__all__ = [
+    "CommitFailing",
+    "LeaseControl",
+    "StatsUpdate",
+    "Syncer",
+    "SyncerConfig",
+    "SyncerHealth",
+]
+
+CONSUMER = "syncer"
+
+
+class CommitFailing(SyncwardError):
+    """Commits kept failing for longer than the configured limit: escalate."""
+
+    def __init__(self, since: float, retries: int, cause: str) -> None:
+        self.since = since
+        self.retries = retries
+        super().__init__(f"commits failing for {retries} retries since {since:.3f}: {cause}")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncerConfig:
+    """Group commit and failure handling.
+
+    ``max_batch`` messages or ``max_delay`` seconds of gathering make a transaction.
+    A failed commit is retried after ``retry_initial`` seconds, doubling up to
+    ``retry_max``; after ``escalate_after`` seconds of failure the syncer escalates.
+    ``idle_poll`` bounds how long an idle syncer goes without looking for due jobs.
+    """
+
+    max_batch: int = 1000
+    max_delay: float = 0.005
+    retry_initial: float = 0.05
+    retry_max: float = 2.0
+    escalate_after: float = 300.0
+    idle_poll: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class StatsUpdate:
+    """Committed deltas of one batch, and a consistent recount when one was asked for."""
+
+    deltas: dict[JobState, int]
+    counts: dict[JobState, int] | None = None
+    reset: bool = False
+
+
+@dataclass
+class SyncerHealth:
+    """What status and health say about the syncer. Owned by the runtime."""
+
+    commits: int = 0
+    messages: int = 0
+    rejected: int = 0
+    last_commit_at: float | None = None
+    error: str | None = None
+    error_since: float | None = None
+    retries: int = 0
+    failures_total: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "commits": self.commits, "messages": self.messages, "rejected": self.rejected,
+            "last_commit_at": self.last_commit_at, "error": self.error,
+            "error_since": self.error_since, "retries": self.retries,
+            "failures_total": self.failures_total,
+        }
+
+
+@dataclass
+class LeaseControl:
+    """Whether and for whom the syncer leases. Owned by the runtime."""
+
+    owner: str
+    boot_id: str
+    default_lease_seconds: float
+    enabled: bool = True
+
+    def pause(self) -> None:
+        """Stop leasing (shutdown): jobs already leased run on, no new ones are handed out."""
+        self.enabled = False
+
+
+class Syncer:
+    """One incarnation of the syncer actor. See the module docstring."""
+
+    def __init__(self, *, store: Store, mailbox: Mailbox[SyncerMsg], work: Mailbox[Job],
+                 stats: Mailbox[StatsUpdate], health: SyncerHealth, control: LeaseControl,
+                 clock: Clock, config: SyncerConfig, faults: Faults | None = None) -> None:
+        self.store = store
+        self.mailbox = mailbox
+        self.work = work
+        self.stats = stats
+        self.health = health
+        self.control = control
+        self.clock = clock
+        self.config = config
+        self.faults = faults
+        self._stopping = False
+        self._next_due: float | None = 0.0  # unknown: look at once
+
+    def request_stop(self) -> None:
+        """Drain: commit everything already in the mailbox, then return."""
+        self._stopping = True
+        self.mailbox.close()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        cfg = self.config
+        while True:
+            try:
+                batch = await self._receive(cfg)
+            except MailboxClosed:
+                return
+            await self._commit(batch)
+
+    async def _receive(self, cfg: SyncerConfig) -> list[SyncerMsg]:
+        if self._demand() and self._next_due is not None:
+            timeout = max(0.0, min(self._next_due - self.clock.now(), cfg.idle_poll))
+        else:
+            timeout = cfg.idle_poll
+        return await self.mailbox.receive_batch(
+            CONSUMER, cfg.max_batch, max_delay=cfg.max_delay, timeout=timeout)
+
+    def _demand(self) -> int:
+        if not self.control.enabled or self._stopping:
+            return 0
+        work = self.work
+        return max(0, work.capacity - len(work) - work.in_flight())
+
+    async def _commit(self, batch: list[SyncerMsg]) -> None:
+        cfg = self.config
+        delay = cfg.retry_initial
+        recount = next((m for m in batch if isinstance(m, Recount)), None)
+        while True:
+            demand = min(self._demand(), cfg.max_batch)
+            order = None
+            if demand and (self._next_due is not None and self._next_due <= self.clock.now()):
+                c = self.control
+                order = LeaseOrder(n=demand, owner=c.owner, boot_id=c.boot_id,
+                                   default_lease_seconds=c.default_lease_seconds)
+            if not batch and order is None:
+                return
+            try:
+                if self.faults is not None:
+                    self.faults.check("syncer.before_commit")
+                now = self.clock.now()
+                result = await self.store.apply(batch, now=now, lease=order,
+                                                recount=recount is not None)
+                break
+            except StoreUnavailable as exc:
+                self._record_failure(exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, cfg.retry_max)
+        await self._after_commit(batch, result, order, now, recount)
+
+    def _record_failure(self, exc: StoreUnavailable) -> None:
+        h = self.health
+        now = self.clock.now()
+        if h.error_since is None:
+            h.error_since = now
+        h.error = str(exc)
+        h.retries += 1
+        h.failures_total += 1
+        if now - h.error_since > self.config.escalate_after:
+            raise CommitFailing(h.error_since, h.retries, str(exc)) from exc
+
+    async def _after_commit(self, batch: list[SyncerMsg], result: ApplyResult,
+                            order: LeaseOrder | None, now: float, recount: Recount | None
+                            ) -> None:
+        h = self.health
+        h.commits += 1
+        h.messages += len(batch)
+        h.last_commit_at = now
+        h.error = h.error_since = None
+        h.retries = 0
+        if result.deltas or result.counts is not None:
+            update = StatsUpdate(deltas=result.deltas, counts=result.counts,
+                                 reset=recount is not None and recount.reset)
+            with contextlib.suppress(MailboxClosed):
+                await self.stats.send(update)
+        for job in result.leased:
+            self.work.send_nowait(job)
+        if order is not None:
+            full = len(result.leased) == order.n
+            self._next_due = now if full else await self._lookup_next_due()
+        elif result.deltas.get(JobState.PLANNED, 0) > 0:
+            self._next_due = now  # new or returned work: look for it in the next batch
+        if self.faults is not None:
+            self.faults.check("syncer.after_commit")
+        for msg, res in zip(batch, result.results, strict=True):
+            if isinstance(res, Rejected):
+                h.rejected += 1
+            reply = getattr(msg, "reply", None)
+            if reply is not None:
+                reply.set(res)
+            if isinstance(msg, Submit) and msg.on_commit is not None:
+                assert isinstance(res, SubmitResult)
+                msg.on_commit(res)
+        self.mailbox.ack(CONSUMER, len(batch))
+
+    async def _lookup_next_due(self) -> float | None:
+        try:
+            return await self.store.next_due()
+        except StoreUnavailable:
+            return self.clock.now() + self.config.idle_poll

@@ -1,0 +1,109 @@
+"""SQLite schema, versioned with ``PRAGMA user_version`` and forward migrations only.
+
+Design note: a job's key is 32 raw bytes in a UNIQUE column beside an INTEGER rowid
+primary key, not a 64-character hex TEXT primary key. Random TEXT primary keys make
+every insert land at a random place of the table's own b-tree (measured here: about 8x
+slower inserts than sequential rowids); with a rowid the table grows at its end and
+only the smaller key index takes random inserts. `benchmarks/store.py` measures both.
+
+Indexes are partial where the query is: due planned jobs (leasing, oldest first) and
+leases by expiry (the reaper). Counting by state scans the table, which happens only at
+start-up and on the stats-keeper's recount period.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+_V1 = """
+CREATE TABLE jobs (
+    id               INTEGER PRIMARY KEY,
+    key              BLOB    NOT NULL UNIQUE,
+    identity         TEXT    NOT NULL,
+    payload          TEXT    NOT NULL,
+    state            TEXT    NOT NULL,
+    stage            TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL,
+    next_attempt_at  REAL    NOT NULL,
+    lease_owner      TEXT,
+    lease_boot       TEXT,
+    lease_expires_at REAL,
+    lease_seconds    REAL,
+    timeout          REAL,
+    fence            INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    result           TEXT,
+    created_at       REAL    NOT NULL,
+    updated_at       REAL    NOT NULL
+);
+CREATE INDEX jobs_due   ON jobs (next_attempt_at, id) WHERE state = 'planned';
+CREATE INDEX jobs_lease ON jobs (lease_expires_at)    WHERE state = 'leased';
+
+CREATE TABLE ops (
+    id           INTEGER PRIMARY KEY,
+    op_key       BLOB    NOT NULL UNIQUE,
+    job_id       INTEGER NOT NULL,
+    kind         TEXT    NOT NULL,
+    result       TEXT    NOT NULL,
+    committed_at REAL    NOT NULL
+);
+
+CREATE TABLE workers (
+    name         TEXT PRIMARY KEY,
+    boot_id      TEXT NOT NULL UNIQUE,
+    pid          INTEGER,
+    host         TEXT,
+    status       TEXT NOT NULL,
+    started_at   REAL,
+    heartbeat_at REAL
+);
+
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY,
+    token       TEXT NOT NULL UNIQUE,
+    source      TEXT NOT NULL,
+    options     TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    started_at  REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE run_entries (
+    run_id INTEGER NOT NULL,
+    line   INTEGER NOT NULL,
+    key    BLOB    NOT NULL,
+    PRIMARY KEY (run_id, line)
+) WITHOUT ROWID;
+CREATE TABLE run_rejects (
+    run_id INTEGER NOT NULL,
+    line   INTEGER NOT NULL,
+    reason TEXT    NOT NULL,
+    raw    TEXT    NOT NULL,
+    PRIMARY KEY (run_id, line)
+) WITHOUT ROWID;
+
+CREATE TABLE rejections (
+    id      INTEGER PRIMARY KEY,
+    at      REAL    NOT NULL,
+    job_id  INTEGER,
+    message TEXT    NOT NULL,
+    reason  TEXT    NOT NULL
+);
+
+CREATE TABLE events (
+    id     INTEGER PRIMARY KEY,
+    at     REAL NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('worker_seq', '0');
+"""
+
+#: MIGRATIONS[i] takes a database from user_version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,358 @@
+"""The typed messages actors exchange, and the `Reply` a sender may wait on.
+
+Everything the syncer applies is a `SyncerMsg`: the union below is its whole protocol.
+Each message is idempotent to apply twice (INSERT OR IGNORE, updates fenced by the
+lease's token), so redelivery after a crash is always safe.
+
+Messages that change a leased job carry ``(job_id, fence)``: the fencing token the lease
+was granted with. A message whose fence no longer matches the job (the lease was reaped
+and granted again) is rejected individually and never touches the newer owner's work.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+
+import anyio
+
+from syncward.jobs import Job, JobState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = [
+    "Accepted",
+    "ApplyResult",
+    "Effect",
+    "EffectResult",
+    "FinishRun",
+    "LeaseOrder",
+    "NewJob",
+    "Outcome",
+    "OutcomeKind",
+    "Reconcile",
+    "ReconcileReport",
+    "RecordEvent",
+    "Recount",
+    "Rejected",
+    "Release",
+    "Renew",
+    "Reply",
+    "Requeue",
+    "RegisterWorker",
+    "RunRejects",
+    "Stage",
+    "StartRun",
+    "Submit",
+    "SubmitResult",
+    "SyncerMsg",
+    "WorkerStatus",
+]
+
+T = TypeVar("T")
+
+
+class Reply(Generic[T]):
+    """A one-shot slot the syncer fills after commit; the sender awaits `wait`.
+
+    Set at most once: a redelivered message whose reply was already set (it committed in
+    an earlier incarnation that crashed before forgetting it) keeps the first value.
+    """
+
+    __slots__ = ("_error", "_event", "_value")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def set(self, value: T) -> None:
+        if not self._event.is_set():
+            self._value = value
+            self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> T:
+        """The committed result.
+
+        Raises:
+            BaseException: whatever the syncer failed this reply with (e.g. it was stopped).
+        """
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The message was applied and committed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The message was refused on its own (stale fence, illegal transition, unknown job)."""
+
+    reason: str
+
+
+ACCEPTED = Accepted()
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    new: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class EffectResult:
+    """The committed result of an effect: ours, or the one recorded first."""
+
+    result: str  # JSON text
+    recorded_before: bool
+
+
+# --- messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One job of a `Submit`, already keyed and encoded (see `syncward.jobs`)."""
+
+    key: str
+    identity: str  # canonical JSON
+    payload: str  # JSON
+    max_attempts: int
+    lease_seconds: float | None = None
+    timeout: float | None = None
+    line: int | None = None  # manifest line, when submitted as part of a run
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Create jobs (INSERT OR IGNORE). ``on_commit`` acknowledges an upstream source."""
+
+    jobs: tuple[NewJob, ...]
+    run_id: int | None = None
+    reply: Reply[SubmitResult] | None = None
+    on_commit: Callable[[SubmitResult], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recount:
+    """Ask for a consistent count by state, taken inside the next committed batch.
+
+    The stats-keeper sends it at start (``reset``: its counts become the snapshot) and on
+    its recount period (the snapshot is compared with its counts: the drift).
+    """
+
+    reset: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """Extend leases: each item is ``(job_id, fence, lease_seconds)``. Batched."""
+
+    items: tuple[tuple[int, int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """Commit a milestone of a leased job; a retried job resumes knowing it."""
+
+    job_id: int
+    fence: int
+    stage: str
+    reply: Reply[Accepted | Rejected] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """Record an effect's result in the operation ledger (first writer wins)."""
+
+    job_id: int
+    fence: int
+    op_key: str
+    kind: str
+    result: str  # JSON text
+    reply: Reply[EffectResult | Rejected] | None = None
+
+
+class OutcomeKind(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"  # planned again at retry_at, or failed when attempts are exhausted
+    FAILED = "failed"  # permanent
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended. Returns one slot of downloader capacity as well."""
+
+    job_id: int
+    fence: int
+    kind: OutcomeKind
+    result: str | None = None  # JSON text, on success
+    error: str | None = None
+    retry_at: float | None = None
+    reply: Reply[Accepted | Rejected] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a lease back unfinished (shutdown): planned again, the attempt not counted."""
+
+    job_id: int
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReapExpired:
+    """Send expired leases back, fenced, so a renewal that raced the reaper wins."""
+
+    items: tuple[tuple[int, int], ...]  # (job_id, fence)
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Send terminal jobs back to planned with attempts reset (the dead-letter path)."""
+
+    state: JobState = JobState.FAILED
+    keys: tuple[str, ...] | None = None  # None: every job in ``state``
+    reply: Reply[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterWorker:
+    """Name this boot's worker from the store's atomic counter, never from a listing.
+
+    One worker per boot: applied again (redelivery), it returns the same name.
+    """
+
+    boot_id: str
+    pid: int
+    host: str
+    reply: Reply[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    name: str
+    status: str  # "running" | "stopped" | "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordEvent:
+    """An entry in the store's event log (restarts, source gaps, escalations)."""
+
+    kind: str
+    detail: Mapping[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    """Record a run; ``token`` (unique) makes a redelivered StartRun return the same id."""
+
+    token: str
+    source: str
+    options: Mapping[str, Any]
+    reply: Reply[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRejects:
+    """Manifest lines that could not become jobs, with why."""
+
+    run_id: int
+    items: tuple[tuple[int, str, str], ...]  # (line, reason, raw text)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRun:
+    run_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    boot_id: str
+    at: float
+    dry_run: bool
+    leases_requeued: int = 0
+    leases_failed: int = 0
+    workers_marked_dead: tuple[str, ...] = ()
+    lost: tuple[str, ...] = ()  # "job <key>: lease lost at stage X, attempt n" (first few)
+    adapters: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "boot_id": self.boot_id,
+            "at": self.at,
+            "dry_run": self.dry_run,
+            "leases_requeued": self.leases_requeued,
+            "leases_failed": self.leases_failed,
+            "workers_marked_dead": list(self.workers_marked_dead),
+            "lost": list(self.lost),
+            "adapters": dict(self.adapters),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """Start-up reconciliation: leases of earlier boots are stale at once."""
+
+    boot_id: str
+    dry_run: bool = False
+    reply: Reply[ReconcileReport] | None = None
+
+
+SyncerMsg: TypeAlias = (
+    Submit
+    | Recount
+    | Renew
+    | Stage
+    | Effect
+    | Outcome
+    | Release
+    | ReapExpired
+    | Requeue
+    | RegisterWorker
+    | WorkerStatus
+    | RecordEvent
+    | StartRun
+    | RunRejects
+    | FinishRun
+    | Reconcile
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseOrder:
+    """Lease up to ``n`` due jobs to ``owner`` within this batch."""
+
+    n: int
+    owner: str
+    boot_id: str
+    default_lease_seconds: float
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    """What one committed batch did: a result per message, in order, and the deltas."""
+
+    results: list[object]
+    deltas: dict[JobState, int]
+    leased: list[Job]
+    counts: dict[JobState, int] | None = None  # a consistent recount, when asked for
