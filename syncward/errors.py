@@ -4,6 +4,7 @@
 SyncwardError
   InvalidJob                 an identity or spec that cannot become a job (names the field)
   IllegalTransition          a state change the transition table refuses
+  LeaseLost                  a handler's writes were fenced out: its lease is gone
   ActorError                 MailboxClosed | MailboxFull
   SupervisorError            SupervisorGaveUp(child_id, restarts) | InvalidChildSpec
   StoreError                 StoreLocked(owner) | SchemaTooNew(found, supported)
@@ -33,6 +34,7 @@ __all__ = [
     "InjectedCrash",
     "InvalidChildSpec",
     "InvalidJob",
+    "LeaseLost",
     "MailboxClosed",
     "MailboxFull",
     "MissingDependency",
@@ -72,6 +74,18 @@ class IllegalTransition(SyncwardError):
         self.job = job
         who = f" for job {job}" if job else ""
         super().__init__(f"illegal transition {current} -> {target}{who}")
+
+
+class LeaseLost(SyncwardError):
+    """A handler's lease is no longer held (reaped and granted to another owner).
+
+    Raised inside the handler by ``ctx.stage`` and ``ctx.effect``: its writes are fenced out.
+    """
+
+    def __init__(self, job: str, reason: str) -> None:
+        self.job = job
+        self.reason = reason
+        super().__init__(f"lease on job {job} lost: {reason}")
 
 
 class ActorError(SyncwardError):

@@ -46,13 +46,28 @@ _JOB_TAG = b"syncward.job.v1\n"
 _OP_TAG = b"syncward.op.v1\n"
 
 
+def _nfc(text: str, name: str) -> str:
+    """NFC form of ``text``, refusing strings UTF-8 cannot encode (lone surrogates)."""
+    out = unicodedata.normalize("NFC", text)
+    try:
+        out.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidJob(f"contains a lone surrogate at index {exc.start}", field=name) from None
+    return out
+
+
 def _canon_scalar(name: str, value: object) -> str | int:
     if isinstance(value, bool):
         raise InvalidJob(f"must be str or int, got bool {value!r}", field=name)
     if isinstance(value, int):
+        try:
+            int.__repr__(value)  # what json.dumps will do; huge ints exceed Python's digit limit
+        except ValueError:
+            raise InvalidJob(f"int of {value.bit_length()} bits is too large to encode",
+                             field=name) from None
         return value
     if isinstance(value, str):
-        return unicodedata.normalize("NFC", value)
+        return _nfc(value, name)
     if isinstance(value, float):
         what = "NaN" if math.isnan(value) else f"float {value!r}"
         raise InvalidJob(f"must be str or int, got {what} (floats are not exact identities)",
@@ -70,7 +85,7 @@ def _canon_mapping(fields: Mapping[str, object], *, what: str) -> dict[str, str 
     for raw_name, value in fields.items():
         if not isinstance(raw_name, str) or not raw_name:
             raise InvalidJob(f"{what} field names must be non-empty strings, got {raw_name!r}")
-        name = unicodedata.normalize("NFC", raw_name)
+        name = _nfc(raw_name, raw_name)
         if name in out:
             raise InvalidJob("appears twice after unicode normalisation", field=name)
         out[name] = _canon_scalar(name, value)
@@ -85,7 +100,8 @@ def canonical_identity(identity: Mapping[str, object]) -> str:
     """The canonical JSON text of an identity (what the store keeps).
 
     Raises:
-        InvalidJob: empty identity, a non-string field name, or a value that is not str/int.
+        InvalidJob: empty identity, a non-string field name, a value that is not str/int,
+            a string with a lone surrogate or an int too large to encode.
     """
     return _encode(_canon_mapping(identity, what="identity")).decode()
 
@@ -112,8 +128,9 @@ def op_key(kind: str, job_key: str, **context: str | int) -> str:
         raise InvalidJob("effect kind must be a non-empty string", field="kind")
     if not job_key or not isinstance(job_key, str):
         raise InvalidJob("job key must be a non-empty string", field="job_key")
+    _nfc(job_key, "job_key")  # validated only: the key is hashed as given
     ctx = _canon_mapping(context, what="effect context") if context else {}
-    body = {"ctx": ctx, "job": job_key, "kind": unicodedata.normalize("NFC", kind)}
+    body = {"ctx": ctx, "job": job_key, "kind": _nfc(kind, "kind")}
     return hashlib.sha256(_OP_TAG + _encode(body)).hexdigest()
 
 

@@ -184,6 +184,19 @@ class Mailbox(Generic[T]):
         self._wake_receiver()
         return len(flight)
 
+    def clear(self) -> list[T]:
+        """Remove and return every in-flight and queued message (the owner's last word)."""
+        held = self.pending()
+        self._inflight.clear()
+        self._items.clear()
+        while self._send_waiters:
+            self._wake_sender()
+        return held
+
+    def redeliver_all(self) -> int:
+        """`redeliver` for every consumer (their owner restarts them all together)."""
+        return sum(self.redeliver(c) for c in list(self._inflight))
+
     def in_flight(self, consumer: str | None = None) -> int:
         if consumer is not None:
             return len(self._inflight.get(consumer, ()))

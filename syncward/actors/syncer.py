@@ -27,7 +27,7 @@ continuous failure the syncer raises `CommitFailing` to its supervisor.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -110,6 +110,12 @@ class SyncerHealth:
     error_since: float | None = None
     retries: int = 0
     failures_total: int = 0
+    changed: anyio.Event = field(default_factory=anyio.Event, repr=False)
+
+    def notify(self) -> None:
+        """Wake whoever waits for the next change (set after each commit and failure)."""
+        self.changed.set()
+        self.changed = anyio.Event()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -216,6 +222,7 @@ class Syncer:
         h.error = str(exc)
         h.retries += 1
         h.failures_total += 1
+        h.notify()
         if now - h.error_since > self.config.escalate_after:
             raise CommitFailing(h.error_since, h.retries, str(exc)) from exc
 
@@ -228,6 +235,7 @@ class Syncer:
         h.last_commit_at = now
         h.error = h.error_since = None
         h.retries = 0
+        h.notify()
         if result.deltas or result.counts is not None:
             update = StatsUpdate(deltas=result.deltas, counts=result.counts,
                                  reset=recount is not None and recount.reset)

@@ -155,7 +155,10 @@ class BatchApplier:
             case ReapExpired():
                 return self._reap(msg)
             case Requeue():
-                return self._requeue(msg)
+                try:
+                    return self._requeue(msg)
+                except IllegalTransition as exc:
+                    return self._reject(None, msg, str(exc))
             case RegisterWorker():
                 return self._register(msg)
             case WorkerStatus():
@@ -194,7 +197,7 @@ class BatchApplier:
                 )
                 return ACCEPTED
             case Reconcile():
-                return self._reconcile(msg)
+                return self._reconcile_dry_run(msg) if msg.dry_run else self._reconcile(msg)
             case _:
                 assert_never(msg)
 
@@ -369,6 +372,7 @@ class BatchApplier:
         return reaped
 
     def _requeue(self, msg: Requeue) -> int:
+        check_transition(msg.state, JobState.PLANNED)  # before any row changes
         if msg.keys is None:
             ids = [r[0] for r in self.conn.execute(
                 "SELECT id FROM jobs WHERE state = ?", (msg.state.value,))]
@@ -382,7 +386,6 @@ class BatchApplier:
                 if row is not None:
                     ids.append(row[0])
         for job_id in ids:
-            check_transition(msg.state, JobState.PLANNED)
             self.conn.execute(
                 "UPDATE jobs SET state = 'planned', attempts = 0, next_attempt_at = ?,"
                 " result = NULL, updated_at = ? WHERE id = ?",
@@ -409,6 +412,17 @@ class BatchApplier:
             (name, msg.boot_id, msg.pid, msg.host, self._now, self._now),
         )
         return name
+
+    def _reconcile_dry_run(self, msg: Reconcile) -> ReconcileReport:
+        """The report a reconciliation would give, changing nothing (a savepoint undone)."""
+        deltas = dict(self._deltas)
+        self.conn.execute("SAVEPOINT reconcile_dry_run")
+        try:
+            return self._reconcile(msg)
+        finally:
+            self.conn.execute("ROLLBACK TO reconcile_dry_run")
+            self.conn.execute("RELEASE reconcile_dry_run")
+            self._deltas = deltas
 
     def _reconcile(self, msg: Reconcile) -> ReconcileReport:
         conn = self.conn

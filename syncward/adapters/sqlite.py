@@ -154,12 +154,13 @@ class SQLiteStore:
     async def _open_readonly(cls, url: str, path: Path) -> SQLiteStore:
         if not await anyio.Path(path).exists():
             raise StoreError(f"store {path} does not exist")
+        reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True,
+                                         isolation_level=None)
         try:
-            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True,
-                                             isolation_level=None)
             cur = await reader.execute("PRAGMA user_version")
             (version,) = await cur.fetchone() or (0,)
         except sqlite3.DatabaseError as exc:
+            await reader.close()  # an unclosed aiosqlite thread keeps the process alive
             raise StoreError(f"store {path} cannot be read: {exc}") from exc
         if version > SCHEMA_VERSION:
             await reader.close()
@@ -172,17 +173,21 @@ class SQLiteStore:
 
     @staticmethod
     def _open_writer(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                               timeout=busy_timeout)
         try:
-            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                                   timeout=busy_timeout)
+            # The version first: a file we refuse must not be switched to WAL.
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(str(path), version, SCHEMA_VERSION)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"store {path} cannot be opened: {exc}") from exc
-        if version > SCHEMA_VERSION:
             conn.close()
-            raise SchemaTooNew(str(path), version, SCHEMA_VERSION)
+            raise StoreError(f"store {path} cannot be opened: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         for target in range(version + 1, SCHEMA_VERSION + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:

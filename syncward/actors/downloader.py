@@ -1,0 +1,202 @@
+"""The downloader: runs the user's handler for one leased job at a time.
+
+Owns: nothing that outlives it. Jobs come from the work mailbox (owned by the runtime);
+a job taken stays in flight under this downloader's name until its outcome is on the
+way to the syncer, so a downloader that crashes mid-job has the job delivered again to
+the next free downloader, with the same lease, resuming at the last committed stage.
+Receives: `Job` from the work mailbox.
+Sends: `Stage`, `Effect` (through the handler's `Context`) and one `Outcome` per job to
+the syncer, each stamped with the lease's fencing token. Lease renewal is not done here
+but by the pool's `LeaseRenewer`, from its own task, whatever the handler is doing.
+
+Outcomes: a JSON-serialisable return value is success; `Retry` or any other exception
+is retryable (back-off with jitter; failed once attempts are exhausted, decided at
+commit); `Permanent` fails at once; `Skip` skips. A per-job timeout (the job's own, or
+the runtime's default) turns a hung handler into a retryable failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import anyio
+import anyio.to_thread
+
+from syncward.errors import LeaseLost, MailboxClosed, Permanent, Retry, Skip
+from syncward.jobs import Job, op_key
+from syncward.messages import (
+    Effect,
+    EffectResult,
+    Outcome,
+    OutcomeKind,
+    Rejected,
+    Reply,
+    Stage,
+    SyncerMsg,
+)
+
+if TYPE_CHECKING:
+    from syncward.actors.mailbox import Mailbox
+    from syncward.adapters.base import Store
+    from syncward.clock import Clock
+    from syncward.retry import RetryPolicy
+    from syncward.testing.faults import Faults
+
+__all__ = ["Context", "Downloader", "Handler"]
+
+_TRACEBACK_FRAMES = 4
+_ERROR_MAX = 2000
+
+
+class Context:
+    """What a handler may do besides returning: stages, effects, progress.
+
+    Created by the downloader for one attempt of one job; do not construct it yourself
+    outside tests (``syncward.testing`` has helpers).
+    """
+
+    def __init__(self, job: Job, *, syncer: Mailbox[SyncerMsg], store: Store) -> None:
+        self.job = job
+        self._syncer = syncer
+        self._store = store
+        self.progress_done: float = 0
+        self.progress_total: float | None = None
+
+    async def stage(self, name: str) -> None:
+        """Commit a milestone; returns after commit. A retried job sees it as ``job.stage``.
+
+        Raises:
+            LeaseLost: this attempt's lease is gone; stop working on the job.
+        """
+        reply: Reply[Any] = Reply()
+        await self._syncer.send(Stage(self.job.id, self.job.fence, name, reply))
+        result = await reply.wait()
+        if isinstance(result, Rejected):
+            raise LeaseLost(self.job.key, result.reason)
+
+    async def effect(self, kind: str, fn: Callable[[], Any], **context: str | int) -> Any:
+        """Run a side effect at most once per op key and return its committed JSON result.
+
+        If the operation ledger already holds ``op_key(kind, job.key, **context)`` (an
+        earlier attempt committed it), its recorded result is returned and ``fn`` is not
+        called. Otherwise ``fn`` runs (awaited if it is a coroutine function, in a worker
+        thread if it is a plain function), its result is committed to the ledger, and the
+        committed result is returned. Between ``fn`` finishing and the commit a crash can
+        make ``fn`` run again: effects are at least once, committed results exactly once.
+        Raises:
+            LeaseLost: the lease is gone; the result was not recorded.
+            TypeError: ``fn``'s result is not JSON-serialisable.
+        """
+        key = op_key(kind, self.job.key, **context)
+        recorded = await self._store.get_op(key)
+        if recorded is not None:
+            return json.loads(recorded)
+        if inspect.iscoroutinefunction(fn):
+            value = await fn()
+        else:
+            value = await anyio.to_thread.run_sync(fn)
+        text = json.dumps(value)
+        reply: Reply[Any] = Reply()
+        await self._syncer.send(Effect(self.job.id, self.job.fence, key, kind, text, reply))
+        result = await reply.wait()
+        if isinstance(result, Rejected):
+            raise LeaseLost(self.job.key, result.reason)
+        assert isinstance(result, EffectResult)
+        return json.loads(result.result)
+
+    def progress(self, done: float, total: float | None = None) -> None:
+        """Report progress inside the job (shown by status; not stored)."""
+        self.progress_done = done
+        self.progress_total = total
+
+
+Handler: TypeAlias = Callable[[Job, Context], Awaitable[Any]]
+
+
+def _describe(exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                            limit=-_TRACEBACK_FRAMES))
+    text = f"{type(exc).__name__}: {exc}\n{tb}"
+    return text if len(text) <= _ERROR_MAX else text[:_ERROR_MAX] + "…"
+
+
+class Downloader:
+    """One incarnation of one downloader actor. See the module docstring."""
+
+    def __init__(self, *, name: str, handler: Handler, work: Mailbox[Job],
+                 syncer: Mailbox[SyncerMsg], store: Store, clock: Clock, retry: RetryPolicy,
+                 default_timeout: float | None, faults: Faults | None = None) -> None:
+        self.name = name
+        self.handler = handler
+        self.work = work
+        self.syncer = syncer
+        self.store = store
+        self.clock = clock
+        self.retry = retry
+        self.default_timeout = default_timeout
+        self.faults = faults
+        self.current: Context | None = None
+        self._stopping = False
+        self._idle: anyio.CancelScope | None = None
+
+    def request_stop(self) -> None:
+        """Finish the job in hand, if any, then return; an idle downloader returns at once."""
+        self._stopping = True
+        if self._idle is not None:
+            self._idle.cancel()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while not self._stopping:
+            job: Job | None = None
+            with anyio.CancelScope() as self._idle:
+                with contextlib.suppress(MailboxClosed):
+                    job = await self.work.receive(self.name)
+            self._idle = None
+            if job is None:
+                return
+            outcome = await self._attempt(job)
+            if self.faults is not None:
+                self.faults.check("downloader.before_outcome")
+            self.work.ack(self.name)
+            await self.syncer.send(outcome)
+
+    async def _attempt(self, job: Job) -> Outcome:
+        ctx = Context(job, syncer=self.syncer, store=self.store)
+        self.current = ctx
+        timeout = job.timeout if job.timeout is not None else self.default_timeout
+        if self.faults is not None:
+            self.faults.check("downloader.before_handler")  # a crash of ours, not the handler's
+        try:
+            with anyio.fail_after(timeout):
+                value = await self.handler(job, ctx)
+        except Retry as exc:
+            after = exc.after if exc.after is not None else self.retry.delay(job.attempt)
+            return self._retry(job, f"Retry: {exc.reason}", after)
+        except Permanent as exc:
+            return Outcome(job.id, job.fence, OutcomeKind.FAILED, error=f"Permanent: {exc.reason}")
+        except Skip as exc:
+            return Outcome(job.id, job.fence, OutcomeKind.SKIPPED, error=f"Skip: {exc.reason}")
+        except TimeoutError as exc:
+            what = f"timed out after {timeout:g}s" if timeout is not None else _describe(exc)
+            return self._retry(job, what, self.retry.delay(job.attempt))
+        except Exception as exc:
+            return self._retry(job, _describe(exc), self.retry.delay(job.attempt))
+        finally:
+            self.current = None
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            return Outcome(job.id, job.fence, OutcomeKind.FAILED,
+                           error=f"handler result is not JSON-serialisable: {exc}")
+        return Outcome(job.id, job.fence, OutcomeKind.SUCCEEDED, result=text)
+
+    def _retry(self, job: Job, error: str, after: float) -> Outcome:
+        return Outcome(job.id, job.fence, OutcomeKind.RETRY, error=error,
+                       retry_at=self.clock.now() + max(0.0, after))

@@ -1,0 +1,78 @@
+"""The lease-renewer: keeps every lease this process holds alive, from its own task.
+
+Owns: the renewal times it has sent (lost on restart, which only makes the next
+renewal come early). Reads the work mailbox's pending jobs (queued for a downloader or
+in a downloader's hands) — exactly the leases this process holds — and, on each tick,
+sends one batched `Renew` to the syncer for those past a third of their own lease time.
+A handler that blocks or runs long cannot starve renewal, and each job is renewed by its
+own ``lease_seconds``, not by one global maximum.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+from syncward.messages import Renew, SyncerMsg
+
+if TYPE_CHECKING:
+    from syncward.actors.mailbox import Mailbox
+    from syncward.clock import Clock
+    from syncward.jobs import Job
+
+__all__ = ["LeaseRenewer"]
+
+_MIN_TICK = 0.01
+
+
+class LeaseRenewer:
+    """One incarnation of the lease-renewer actor."""
+
+    def __init__(self, *, work: Mailbox[Job], syncer: Mailbox[SyncerMsg], clock: Clock,
+                 default_lease_seconds: float) -> None:
+        self.work = work
+        self.syncer = syncer
+        self.clock = clock
+        self.default_lease_seconds = default_lease_seconds
+        self._expiry: dict[tuple[int, int], float] = {}
+        self._stop = anyio.Event()
+        self.renewals = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._loop)
+            await self._stop.wait()
+            tg.cancel_scope.cancel()
+
+    def _tick(self, jobs: list[Job]) -> float:
+        shortest = min((j.lease_seconds for j in jobs), default=self.default_lease_seconds)
+        return max(_MIN_TICK, min(shortest, self.default_lease_seconds) / 3)
+
+    async def _loop(self) -> None:
+        while True:
+            await self.clock.sleep(self._tick(self.work.pending()))
+            await self.renew_once()
+
+    async def renew_once(self) -> int:
+        """Renew the held leases that are past a third of their time; returns how many."""
+        now = self.clock.now()
+        held = self.work.pending()
+        live = {(j.id, j.fence) for j in held}
+        self._expiry = {k: v for k, v in self._expiry.items() if k in live}
+        due = []
+        for job in held:
+            ident = (job.id, job.fence)
+            expires = self._expiry.get(ident, job.lease_expires_at)
+            if expires - now < job.lease_seconds * 2 / 3:
+                due.append((job.id, job.fence, job.lease_seconds))
+                self._expiry[ident] = now + job.lease_seconds
+        if due:
+            await self.syncer.send(Renew(tuple(due)))
+            self.renewals += len(due)
+        return len(due)

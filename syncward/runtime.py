@@ -1,0 +1,463 @@
+"""The embeddable runtime: an async context manager that runs the actor tree.
+
+```python
+async with syncward.Runtime(handler, store="sqlite:///jobs.db", concurrency=32) as rt:
+    result = await rt.submit(specs)   # returns after commit: how many new, how many duplicates
+    await rt.join()                   # until nothing is planned or leased
+    snapshot = rt.stats()
+```
+
+It runs inside the caller's event loop (it never creates or replaces one). Entering:
+open the store (which takes the owner lock), reconcile (leases of earlier boots go back
+at once, their workers are marked dead, adapters clean their leftovers), register this
+boot's worker from the store's atomic counter, then start the tree::
+
+    root (rest-for-one): syncer, stats-keeper, lease-reaper, pool
+    pool (one-for-one):  downloader-1..N, lease-renewer
+
+Leaving drains: leasing stops, downloaders finish the job in hand within ``grace``
+seconds, the leases still held are released, the syncer commits everything in its
+mailbox, the store is closed. If the root supervisor gives up, leaving raises its
+`SupervisorGaveUp`, whose ``__cause__`` chain holds the crash that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from syncward.actors.downloader import Downloader, Handler
+from syncward.actors.lease_reaper import LeaseReaper
+from syncward.actors.lease_renewer import LeaseRenewer
+from syncward.actors.mailbox import Mailbox
+from syncward.actors.pool import DownloaderPool
+from syncward.actors.stats_keeper import Stats, StatsKeeper, StatsSnapshot
+from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
+from syncward.adapters.sqlite import SQLiteStore
+from syncward.clock import Clock, SystemClock
+from syncward.errors import ConfigError, SupervisorGaveUp
+from syncward.jobs import Job, JobSpec, canonical_identity, job_key
+from syncward.messages import (
+    NewJob,
+    Reconcile,
+    ReconcileReport,
+    RecordEvent,
+    RegisterWorker,
+    Reply,
+    Submit,
+    SubmitResult,
+    SyncerMsg,
+    WorkerStatus,
+)
+from syncward.report import build_report
+from syncward.retry import RetryPolicy
+from syncward.supervisor import (
+    ChildSpec,
+    Restart,
+    RestartIntensity,
+    RestartStrategy,
+    Supervisor,
+    SupervisorEvent,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from syncward.testing.faults import Faults
+
+__all__ = ["ReconcileHook", "Runtime", "RuntimeStatus"]
+
+log = logging.getLogger("syncward.runtime")
+
+_SUBMIT_CHUNK = 1000
+_SUBMIT_WINDOW = 8
+
+
+class ReconcileHook(Protocol):
+    """An adapter's start-up clean-up (e.g. partial files with no leased job).
+
+    Called after the store's own reconciliation, before any actor starts; returns a small
+    JSON-serialisable summary of what it did, kept in the reconciliation report.
+    """
+
+    async def __call__(self, store: SQLiteStore, *, dry_run: bool) -> dict[str, Any]: ...
+
+
+@dataclass
+class RuntimeStatus:
+    """What `Runtime.status` returns: the in-process truth about the runtime."""
+
+    worker: str
+    boot_id: str
+    stats: StatsSnapshot
+    syncer: dict[str, object]
+    restarts: list[dict[str, object]] = field(default_factory=list)
+    reconcile: dict[str, Any] | None = None
+    mailboxes: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+def _to_new_job(spec: JobSpec | dict[str, Any], max_attempts: int, line: int | None) -> NewJob:
+    import json
+
+    if isinstance(spec, dict):
+        spec = JobSpec(identity=spec)
+    return NewJob(
+        key=job_key(spec.identity), identity=canonical_identity(spec.identity),
+        payload=json.dumps(dict(spec.payload)),
+        max_attempts=spec.max_attempts if spec.max_attempts is not None else max_attempts,
+        lease_seconds=spec.lease_seconds, timeout=spec.timeout, line=line,
+    )
+
+
+class Runtime:
+    """The embedding API. See the module docstring.
+
+    Keyword arguments set the defaults of every job (``max_attempts``, ``lease_seconds``,
+    ``job_timeout``) and of the runtime (``concurrency`` downloaders, ``prefetch`` leased
+    jobs waiting for a free downloader, ``grace`` seconds to finish jobs when leaving).
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        store: str = "sqlite:///syncward.db",
+        concurrency: int = 32,
+        prefetch: int | None = None,
+        max_attempts: int = 5,
+        lease_seconds: float = 60.0,
+        job_timeout: float | None = 600.0,
+        grace: float = 10.0,
+        retry: RetryPolicy | None = None,
+        syncer: SyncerConfig | None = None,
+        synchronous: str = "full",
+        recount_every: float = 30.0,
+        reap_every: float = 5.0,
+        intensity: RestartIntensity | None = None,
+        mailbox_size: int = 10_000,
+        reconcile_hooks: Sequence[tuple[str, ReconcileHook]] = (),
+        clock: Clock | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
+        if lease_seconds <= 0:
+            raise ConfigError(f"lease_seconds must be > 0, got {lease_seconds}")
+        self.handler = handler
+        self.store_url = store
+        self.concurrency = concurrency
+        self.prefetch = prefetch if prefetch is not None else min(concurrency, 256)
+        self.max_attempts = max_attempts
+        self.lease_seconds = lease_seconds
+        self.job_timeout = job_timeout
+        self.grace = grace
+        self.retry = retry or RetryPolicy()
+        self.syncer_config = syncer or SyncerConfig()
+        self.synchronous = synchronous
+        self.recount_every = recount_every
+        self.reap_every = reap_every
+        self.intensity = intensity or RestartIntensity(max_restarts=3, within=5.0)
+        self.mailbox_size = mailbox_size
+        self.reconcile_hooks = tuple(reconcile_hooks)
+        self.clock: Clock = clock or SystemClock()
+        self.faults = faults
+        self.boot_id = uuid.uuid4().hex
+        self.worker = ""
+        self.reconcile_report: ReconcileReport | None = None
+        self.restarts: list[dict[str, object]] = []
+        self._stats = Stats()
+        self._health = SyncerHealth()
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._store: SQLiteStore | None = None
+        self._killed = False
+        self._closing = False
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # --- entering and leaving --------------------------------------------------------
+
+    @property
+    def store(self) -> SQLiteStore:
+        if self._store is None:
+            raise RuntimeError("the runtime is not running (use `async with Runtime(...)`)")
+        return self._store
+
+    async def __aenter__(self) -> Runtime:
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._store = await SQLiteStore.open(
+                self.store_url, synchronous=self.synchronous, boot_id=self.boot_id)
+            stack.push_async_callback(self._store.aclose)
+            await self._reconcile()
+            self._build()
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            await self._tg.start(self._run_root)
+            await self._stats.wait_loaded()
+        except BaseException as exc:
+            try:
+                await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            except BaseExceptionGroup as group:
+                _raise_gave_up(group)
+                raise
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        stack, self._stack = self._stack, None
+        assert stack is not None
+        try:
+            if not self._killed:
+                with anyio.CancelScope(shield=True):
+                    await self._shutdown()
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            _raise_gave_up(group)
+            raise
+        finally:
+            self._store = None
+
+    async def _reconcile(self) -> None:
+        store = self.store
+        now = self.clock.now()
+        reply: Reply[ReconcileReport] = Reply()
+        result = await store.apply([Reconcile(self.boot_id, reply=reply)], now=now)
+        report = result.results[0]
+        assert isinstance(report, ReconcileReport)
+        adapters = {}
+        for name, hook in self.reconcile_hooks:
+            adapters[name] = await hook(store, dry_run=False)
+        if adapters:
+            report = ReconcileReport(**{**_fields(report), "adapters": adapters})
+        self.reconcile_report = report
+        if report.leases_requeued or report.leases_failed or report.workers_marked_dead:
+            log.warning("start-up reconciliation: %s", report.as_dict())
+        else:
+            log.info("start-up reconciliation: nothing to do")
+        reg = RegisterWorker(self.boot_id, os.getpid(), socket.gethostname(), reply=Reply())
+        self.worker = str((await store.apply([reg], now=now)).results[0])
+
+    def _build(self) -> None:
+        self._control = LeaseControl(owner=self.worker, boot_id=self.boot_id,
+                                     default_lease_seconds=self.lease_seconds)
+        self._syncer_mb: Mailbox[SyncerMsg] = Mailbox("syncer", self.mailbox_size)
+        self._work_mb: Mailbox[Job] = Mailbox("work", self.concurrency + self.prefetch)
+        self._stats_mb: Mailbox[StatsUpdate] = Mailbox("stats", self.mailbox_size)
+        self._pool: DownloaderPool | None = None
+        self._root = Supervisor(
+            name="root", strategy=RestartStrategy.REST_FOR_ONE, intensity=self.intensity,
+            clock=self.clock, on_event=self._on_event,
+            children=[
+                ChildSpec(id="syncer", factory=self._new_syncer,
+                          before_restart=lambda: self._syncer_mb.redeliver("syncer"),
+                          shutdown_timeout=60.0),
+                ChildSpec(id="stats-keeper", factory=self._new_stats_keeper,
+                          before_restart=lambda: self._stats_mb.redeliver("stats-keeper")),
+                ChildSpec(id="lease-reaper", factory=self._new_reaper),
+                ChildSpec(id="pool", factory=self._new_pool, restart=Restart.TRANSIENT,
+                          shutdown_timeout=self.grace + 5.0),
+            ],
+        )
+
+    async def _run_root(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await self._root.run(task_status=task_status)
+
+    # --- actor factories (each call is a new incarnation) ----------------------------
+
+    def _new_syncer(self) -> Syncer:
+        return Syncer(store=self.store, mailbox=self._syncer_mb, work=self._work_mb,
+                      stats=self._stats_mb, health=self._health, control=self._control,
+                      clock=self.clock, config=self.syncer_config, faults=self.faults)
+
+    def _new_stats_keeper(self) -> StatsKeeper:
+        return StatsKeeper(stats=self._stats, mailbox=self._stats_mb, syncer=self._syncer_mb,
+                           clock=self.clock, recount_every=self.recount_every,
+                           faults=self.faults)
+
+    def _new_reaper(self) -> LeaseReaper:
+        return LeaseReaper(store=self.store, syncer=self._syncer_mb, clock=self.clock,
+                           every=self.reap_every, faults=self.faults)
+
+    def _new_pool(self) -> DownloaderPool:
+        children = [
+            ChildSpec(id=f"downloader-{i}", factory=self._downloader_factory(f"downloader-{i}"),
+                      restart=Restart.TRANSIENT, shutdown_timeout=self.grace,
+                      before_restart=self._redeliver(f"downloader-{i}"))
+            for i in range(1, self.concurrency + 1)
+        ]
+        children.append(ChildSpec(id="lease-renewer", factory=self._new_renewer))
+        inner = Supervisor(name="pool", children=children, strategy=RestartStrategy.ONE_FOR_ONE,
+                           intensity=self.intensity, clock=self.clock, on_event=self._on_event)
+        self._pool = DownloaderPool(supervisor=inner, work=self._work_mb,
+                                    syncer=self._syncer_mb, closing=lambda: self._closing)
+        return self._pool
+
+    def _redeliver(self, name: str) -> Any:
+        return lambda: self._work_mb.redeliver(name)
+
+    def _downloader_factory(self, name: str) -> Any:
+        def factory() -> Downloader:
+            return Downloader(name=name, handler=self.handler, work=self._work_mb,
+                              syncer=self._syncer_mb, store=self.store, clock=self.clock,
+                              retry=self.retry, default_timeout=self.job_timeout,
+                              faults=self.faults)
+        return factory
+
+    def _new_renewer(self) -> LeaseRenewer:
+        return LeaseRenewer(work=self._work_mb, syncer=self._syncer_mb, clock=self.clock,
+                            default_lease_seconds=self.lease_seconds)
+
+    def _on_event(self, event: SupervisorEvent) -> None:
+        if event.kind not in ("restarted", "gave_up"):
+            return
+        entry: dict[str, object] = {
+            "supervisor": event.supervisor, "actor": event.child_id, "kind": event.kind,
+            "error": event.error, "count": event.restarts, "at": event.at}
+        self.restarts.append(entry)
+        with contextlib.suppress(Exception):
+            self._syncer_mb.send_nowait(RecordEvent(kind="restart", detail=entry, at=event.at))
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would: nothing is drained, no lease is given back.
+
+        Leaving the ``async with`` block then only closes the store (releasing its lock);
+        the next runtime on the store recovers this one's leases at start-up.
+        """
+        self._killed = True
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        self._control.pause()
+        pool = self._pool
+        if pool is not None and not pool.stopped.is_set():
+            pool.request_stop()
+            with anyio.move_on_after(self.grace + 10.0):
+                await pool.stopped.wait()
+        with contextlib.suppress(Exception):
+            self._syncer_mb.send_nowait(WorkerStatus(self.worker, "stopped"))
+        self._root.request_stop()
+
+    # --- the embedding API -----------------------------------------------------------
+
+    async def submit(self, specs: Iterable[JobSpec | dict[str, Any]]
+                     | AsyncIterable[JobSpec | dict[str, Any]], *,
+                     run_id: int | None = None) -> SubmitResult:
+        """Create jobs for ``specs``; returns after they are committed.
+
+        ``specs`` may be any (async) iterable and is consumed as a stream, a thousand at a
+        time, with a few chunks in flight. A plain dict is taken as an identity.
+        Raises:
+            InvalidJob: a spec's identity is not valid (nothing after it is submitted).
+            MailboxClosed: the runtime is stopping.
+        """
+        new = dup = 0
+        replies: list[Reply[SubmitResult]] = []
+
+        async def flush(chunk: list[NewJob]) -> None:
+            nonlocal new, dup
+            reply: Reply[SubmitResult] = Reply()
+            await self._syncer_mb.send(Submit(tuple(chunk), run_id=run_id, reply=reply))
+            replies.append(reply)
+            while len(replies) >= _SUBMIT_WINDOW or (replies and replies[0].done):
+                res = await replies.pop(0).wait()
+                new, dup = new + res.new, dup + res.duplicates
+
+        chunk: list[NewJob] = []
+        line = 0
+        async for spec in _aiter(specs):
+            line += 1
+            chunk.append(_to_new_job(spec, self.max_attempts, line if run_id else None))
+            if len(chunk) >= _SUBMIT_CHUNK:
+                await flush(chunk)
+                chunk = []
+        if chunk:
+            await flush(chunk)
+        for reply in replies:
+            res = await reply.wait()
+            new, dup = new + res.new, dup + res.duplicates
+        return SubmitResult(new=new, duplicates=dup)
+
+    async def send(self, msg: SyncerMsg) -> None:
+        """Send a raw message to the syncer (sources and the CLI use this)."""
+        await self._syncer_mb.send(msg)
+
+    async def join(self) -> None:
+        """Wait until nothing is planned or leased (retries waiting for back-off count)."""
+        while True:
+            changed = self._stats.changed
+            busy = (len(self._syncer_mb) or self._syncer_mb.in_flight()
+                    or len(self._stats_mb) or self._stats_mb.in_flight())
+            if not busy and self._stats.loaded and self.stats().active == 0:
+                return
+            await changed.wait()
+
+    async def wait(self, predicate: Callable[[StatsSnapshot], bool]) -> StatsSnapshot:
+        """Wait until ``predicate(stats)`` holds for the committed counts; returns them."""
+        while True:
+            changed = self._stats.changed
+            snap = self.stats()
+            if self._stats.loaded and predicate(snap):
+                return snap
+            await changed.wait()
+
+    def stats(self) -> StatsSnapshot:
+        """Counts by state as of the last commit applied by the stats-keeper."""
+        return self._stats.snapshot()
+
+    def status(self) -> RuntimeStatus:
+        return RuntimeStatus(
+            worker=self.worker, boot_id=self.boot_id, stats=self.stats(),
+            syncer=self._health.as_dict(), restarts=list(self.restarts),
+            reconcile=self.reconcile_report.as_dict() if self.reconcile_report else None,
+            mailboxes={mb.name: _mb_dict(mb) for mb in
+                       (self._syncer_mb, self._work_mb, self._stats_mb)},
+        )
+
+    async def report(self, *, run_id: int | None = None) -> dict[str, Any]:
+        """The health report (see `syncward.report`), with this runtime's live drift."""
+        report = await build_report(self.store, run_id=run_id)
+        report["stats_drift"] = max(report["stats_drift"], self._stats.drift_total)
+        return report
+
+
+def _mb_dict(mb: Mailbox[Any]) -> dict[str, object]:
+    st = mb.statistics()
+    return {"queued": st.queued, "in_flight": st.in_flight, "capacity": st.capacity}
+
+
+def _fields(report: ReconcileReport) -> dict[str, Any]:
+    return {name: getattr(report, name) for name in report.__dataclass_fields__}
+
+
+def _raise_gave_up(group: BaseExceptionGroup[Any]) -> None:
+    """Escalation out of the root is one `SupervisorGaveUp`, not a task group's wrapper."""
+    gave_up = group.subgroup(SupervisorGaveUp)
+    if gave_up is not None:
+        exc: BaseException = gave_up
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        raise exc from exc.__cause__
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> Any:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for i, item in enumerate(items):
+            if i % _SUBMIT_CHUNK == 0:
+                await anyio.lowlevel.checkpoint()
+            yield item

@@ -1,0 +1,351 @@
+"""The runtime end to end: each failure of DESIGN.md as a test in its own name."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from syncward import (
+    Context,
+    Job,
+    JobState,
+    Permanent,
+    RestartIntensity,
+    RetryPolicy,
+    Runtime,
+    Skip,
+    StoreLocked,
+    SupervisorGaveUp,
+    SyncerConfig,
+)
+from syncward.testing import FakeClock, Faults
+
+QUICK = SyncerConfig(idle_poll=0.01, retry_initial=0.001, retry_max=0.01)
+NO_BACKOFF = RetryPolicy(base=0.0, jitter=False)
+
+
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'jobs.db'}"
+
+
+def rows(tmp_path: Path, sql: str) -> list[Any]:
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+async def noop(job: Job, ctx: Context) -> dict[str, Any]:
+    return {"id": job.identity["id"]}
+
+
+async def test_runs_every_job_to_a_terminal_state(tmp_path: Path) -> None:
+    async def handler(job: Job, ctx: Context) -> Any:
+        n = int(job.identity["id"])
+        if n % 10 == 1:
+            raise Permanent("never works")
+        if n % 10 == 2:
+            raise Skip("duplicate content")
+        return n
+
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), concurrency=8, syncer=QUICK) as rt:
+            result = await rt.submit({"id": i} for i in range(100))
+            assert (result.new, result.duplicates) == (100, 0)
+            await rt.join()
+            snap = rt.stats()
+    assert snap.counts[JobState.SUCCEEDED] == 80
+    assert snap.counts[JobState.FAILED] == 10
+    assert snap.counts[JobState.SKIPPED] == 10
+    assert snap.total == 100
+
+
+async def test_failure_2_duplicate_submits_are_no_ops(tmp_path: Path) -> None:
+    runs: Counter[int] = Counter()
+
+    async def handler(job: Job, ctx: Context) -> None:
+        runs[int(job.identity["id"])] += 1
+
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), syncer=QUICK) as rt:
+            await rt.submit({"id": i} for i in range(20))
+            await rt.join()
+            again = await rt.submit([{"id": i} for i in range(20)] + [{"id": 20}])
+            await rt.join()
+    assert (again.new, again.duplicates) == (1, 20)
+    assert set(runs.values()) == {1} and len(runs) == 21
+
+
+async def test_failure_2_crash_mid_job_resumes_at_last_stage_without_rerunning_effect(
+        tmp_path: Path) -> None:
+    effect_runs = 0
+    effect_done = anyio.Event()
+    seen: list[tuple[int, str | None]] = []
+
+    def write_file() -> str:
+        nonlocal effect_runs
+        effect_runs += 1
+        return "written"
+
+    async def handler(job: Job, ctx: Context) -> Any:
+        seen.append((job.attempt, job.stage))
+        if job.stage is None:
+            await ctx.stage("HEAD_DONE")
+        out = await ctx.effect("write", write_file, part=1)
+        if job.attempt == 1:
+            effect_done.set()
+            await anyio.sleep_forever()  # the process dies here
+        await ctx.stage("FINALIZED")
+        return out
+
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), syncer=QUICK) as rt:
+            await rt.submit([{"id": 1}])
+            await effect_done.wait()
+            rt.kill()
+        async with Runtime(handler, store=url(tmp_path), syncer=QUICK) as rt2:
+            assert rt2.reconcile_report is not None
+            assert rt2.reconcile_report.leases_requeued == 1
+            await rt2.join()
+            report = await rt2.report()
+    assert seen == [(1, None), (2, "HEAD_DONE")]
+    assert effect_runs == 1
+    assert report["counts"]["succeeded"] == 1
+    assert rows(tmp_path, "SELECT count(*) FROM ops") == [(1,)]
+
+
+async def test_failure_3_no_ghost_worker_after_a_restart(tmp_path: Path) -> None:
+    started = anyio.Event()
+
+    async def hang(job: Job, ctx: Context) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with Runtime(hang, store=url(tmp_path), syncer=QUICK) as rt:
+            first = rt.worker
+            await rt.submit([{"id": 1}])
+            await started.wait()
+            rt.kill()
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK) as rt2:
+            second = rt2.worker
+            assert rt2.reconcile_report is not None
+            assert rt2.reconcile_report.workers_marked_dead == (first,)
+            workers = {w.name: w.status for w in await rt2.store.workers()}
+    assert first != second
+    assert workers == {first: "dead", second: "running"}
+    assert dict(rows(tmp_path, "SELECT name, status FROM workers")) == {
+        first: "dead", second: "stopped"}
+
+
+async def test_failure_4_failing_job_backs_off_then_lands_in_failed_with_its_error(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    attempts_at: list[float] = []
+
+    async def handler(job: Job, ctx: Context) -> None:
+        attempts_at.append(clock.now())
+        raise ValueError(f"boom on attempt {job.attempt}")
+
+    retry = RetryPolicy(base=10.0, jitter=False)
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), syncer=QUICK, clock=clock,
+                           retry=retry, max_attempts=3) as rt:
+            await rt.submit([{"id": 1}])
+            for n, expected_delay in ((1, 10.0), (2, 20.0)):
+                # Attempt n failed and is committed: planned again, waiting for its back-off.
+                await rt.wait(lambda s, n=n: len(attempts_at) == n  # type: ignore[misc]
+                              and s.counts[JobState.PLANNED] == 1)
+                (nxt,) = rows(tmp_path, "SELECT next_attempt_at FROM jobs")[0]
+                assert nxt == pytest.approx(attempts_at[-1] + expected_delay)
+                clock.advance(expected_delay)
+            await rt.join()
+    state, attempts, error = rows(tmp_path, "SELECT state, attempts, last_error FROM jobs")[0]
+    assert (state, attempts) == ("failed", 3)
+    assert "attempts exhausted (3/3)" in error and "ValueError: boom on attempt 3" in error
+    assert attempts_at == [attempts_at[0], attempts_at[0] + 10, attempts_at[0] + 30]
+
+
+async def test_failure_5_stats_after_a_restart_equal_the_database_before_new_work(
+        tmp_path: Path) -> None:
+    async def handler(job: Job, ctx: Context) -> Any:
+        if int(job.identity["id"]) % 3 == 0:
+            raise Permanent("no")
+        return None
+
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), syncer=QUICK) as rt:
+            await rt.submit({"id": i} for i in range(30))
+            await rt.join()
+        before = dict(rows(tmp_path, "SELECT state, count(*) FROM jobs GROUP BY state"))
+        assert before == {"succeeded": 20, "failed": 10}
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK) as rt2:
+            snap = rt2.stats()  # the first answer, before any new work
+    assert {s.value: n for s, n in snap.counts.items() if n} == before
+
+
+@pytest.mark.parametrize("point", [
+    "syncer.before_commit", "syncer.after_commit", "downloader.before_handler",
+    "downloader.before_outcome", "stats.apply", "reaper.before_reap",
+])
+async def test_crash_each_actor_kind_mid_work_loses_nothing(tmp_path: Path, point: str) -> None:
+    faults = Faults()
+    faults.arm(point, times=2)
+    with anyio.fail_after(15):
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK, concurrency=4,
+                           faults=faults, reap_every=0.01, recount_every=0.05,
+                           intensity=RestartIntensity(max_restarts=10, within=5.0)) as rt:
+            await rt.submit({"id": i} for i in range(200))
+            await rt.join()
+            while faults.fired[point] < 2:  # the reaper's point fires on its own period
+                await rt.wait(lambda s: True)
+                await anyio.wait_all_tasks_blocked()
+            report = await rt.report()
+            restarts = [r for r in rt.restarts if r["kind"] == "restarted"]
+    assert faults.fired[point] == 2
+    assert len(restarts) >= 2 and all("InjectedCrash" in str(r["error"]) for r in restarts)
+    assert report["counts"]["succeeded"] == 200 and report["total"] == 200
+    assert report["stats_drift"] == 0
+    assert rows(tmp_path, "SELECT count(*) FROM events WHERE kind = 'restart'")[0][0] >= 2
+
+
+async def test_exceeding_restart_intensity_stops_the_runtime_with_the_cause(
+        tmp_path: Path) -> None:
+    faults = Faults()
+    faults.arm("syncer.before_commit", times=100)
+    async def run() -> None:
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK, faults=faults,
+                           intensity=RestartIntensity(max_restarts=2, within=60.0)) as rt:
+            await rt.submit([{"id": 1}])
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(10), pytest.raises(SupervisorGaveUp) as info:
+        await run()
+    assert info.value.child_id == "syncer"
+    chain = []
+    exc: BaseException | None = info.value
+    while exc is not None:
+        chain.append(type(exc).__name__)
+        exc = exc.__cause__
+    assert "InjectedCrash" in chain
+
+
+async def test_leaving_drains_in_flight_jobs_and_releases_the_rest(tmp_path: Path) -> None:
+    running = 0
+    two_running = anyio.Event()
+    release = anyio.Event()
+
+    async def handler(job: Job, ctx: Context) -> str:
+        nonlocal running
+        running += 1
+        if running == 2:
+            two_running.set()
+        await release.wait()
+        return "ok"
+
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), concurrency=2, prefetch=3,
+                           syncer=QUICK) as rt:
+            await rt.submit({"id": i} for i in range(6))
+            await two_running.wait()
+            release.set()  # in-flight jobs finish within the grace period
+    states = dict(rows(tmp_path, "SELECT state, count(*) FROM jobs GROUP BY state"))
+    assert states.get("leased", 0) == 0
+    assert states["succeeded"] >= 2 and sum(states.values()) == 6
+    # Released leases are planned again, the attempt not counted.
+    assert rows(tmp_path, "SELECT max(attempts) FROM jobs WHERE state = 'planned'")[0][0] in (
+        0, None)
+
+
+async def test_grace_period_over_releases_a_hung_job(tmp_path: Path) -> None:
+    started = anyio.Event()
+
+    async def hang(job: Job, ctx: Context) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with Runtime(hang, store=url(tmp_path), grace=0.05, syncer=QUICK) as rt:
+            await rt.submit([{"id": 1}])
+            await started.wait()
+    assert rows(tmp_path, "SELECT state, attempts FROM jobs") == [("planned", 0)]
+
+
+async def test_second_runtime_after_abrupt_stop_recovers_all_leases(tmp_path: Path) -> None:
+    started = 0
+    all_started = anyio.Event()
+
+    async def hang(job: Job, ctx: Context) -> None:
+        nonlocal started
+        started += 1
+        if started == 5:
+            all_started.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with Runtime(hang, store=url(tmp_path), concurrency=5, syncer=QUICK) as rt:
+            await rt.submit({"id": i} for i in range(5))
+            await all_started.wait()
+            rt.kill()
+        assert rows(tmp_path, "SELECT count(*) FROM jobs WHERE state = 'leased'") == [(5,)]
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK) as rt2:
+            assert rt2.reconcile_report is not None
+            assert rt2.reconcile_report.leases_requeued == 5
+            await rt2.join()
+            assert rt2.stats().counts[JobState.SUCCEEDED] == 5
+
+
+async def test_a_second_runtime_on_the_same_store_refuses_at_once(tmp_path: Path) -> None:
+    with anyio.fail_after(10):
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK):
+            with pytest.raises(StoreLocked) as info:
+                async with Runtime(noop, store=url(tmp_path), syncer=QUICK):
+                    pass
+    import os
+
+    assert f"pid {os.getpid()}" in str(info.value)
+
+
+async def test_a_job_that_kills_its_process_every_time_ends_in_failed(tmp_path: Path) -> None:
+    started = anyio.Event()
+
+    async def crashes(job: Job, ctx: Context) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        for _ in range(3):
+            started = anyio.Event()
+            async with Runtime(crashes, store=url(tmp_path), syncer=QUICK, max_attempts=3) as rt:
+                if rt.stats().counts[JobState.FAILED]:
+                    break
+                await rt.submit([{"id": 1}])
+                await started.wait()
+                rt.kill()
+        async with Runtime(crashes, store=url(tmp_path), syncer=QUICK) as rt:
+            assert rt.stats().counts[JobState.FAILED] == 1
+    ((state, error),) = rows(tmp_path, "SELECT state, last_error FROM jobs")
+    assert state == "failed" and "lease lost at stage start, attempt 3" in error
+
+
+async def test_timeout_is_retried_and_result_must_be_json(tmp_path: Path) -> None:
+    async def handler(job: Job, ctx: Context) -> Any:
+        if job.identity["id"] == "slow" and job.attempt == 1:
+            await anyio.sleep_forever()
+        if job.identity["id"] == "bad":
+            return object()
+        return "fine"
+
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), syncer=QUICK, job_timeout=0.05,
+                           retry=NO_BACKOFF) as rt:
+            await rt.submit([{"id": "slow"}, {"id": "bad"}])
+            await rt.join()
+    got = dict(rows(tmp_path, "SELECT json_extract(identity, '$.id'), state FROM jobs"))
+    assert got == {"slow": "succeeded", "bad": "failed"}
