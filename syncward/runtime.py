@@ -46,12 +46,15 @@ from syncward.clock import Clock, SystemClock
 from syncward.errors import ConfigError, SupervisorGaveUp
 from syncward.jobs import Job, JobSpec, canonical_identity, job_key
 from syncward.messages import (
+    FinishRun,
     NewJob,
     Reconcile,
     ReconcileReport,
     RecordEvent,
     RegisterWorker,
     Reply,
+    RunRejects,
+    StartRun,
     Submit,
     SubmitResult,
     SyncerMsg,
@@ -353,8 +356,7 @@ class Runtime:
     # --- the embedding API -----------------------------------------------------------
 
     async def submit(self, specs: Iterable[JobSpec | dict[str, Any]]
-                     | AsyncIterable[JobSpec | dict[str, Any]], *,
-                     run_id: int | None = None) -> SubmitResult:
+                     | AsyncIterable[JobSpec | dict[str, Any]]) -> SubmitResult:
         """Create jobs for ``specs``; returns after they are committed.
 
         ``specs`` may be any (async) iterable and is consumed as a stream, a thousand at a
@@ -363,6 +365,22 @@ class Runtime:
             InvalidJob: a spec's identity is not valid (nothing after it is submitted).
             MailboxClosed: the runtime is stopping.
         """
+        return await self._submit(_aiter((None, s) for s in specs)
+                                  if not isinstance(specs, AsyncIterable)
+                                  else _numbered(specs, None), run_id=None)
+
+    async def submit_entries(self, entries: Iterable[tuple[int, JobSpec]]
+                             | AsyncIterable[tuple[int, JobSpec]], *, run_id: int
+                             ) -> SubmitResult:
+        """Submit manifest entries ``(line, spec)`` as part of run ``run_id``.
+
+        Each entry is recorded with the run in the same transaction as its job, so the
+        report can compare every input line with its outcome.
+        """
+        return await self._submit(_aiter(entries), run_id=run_id)
+
+    async def _submit(self, entries: AsyncIterable[tuple[int | None, JobSpec | dict[str, Any]]],
+                      *, run_id: int | None) -> SubmitResult:
         new = dup = 0
         replies: list[Reply[SubmitResult]] = []
 
@@ -376,10 +394,8 @@ class Runtime:
                 new, dup = new + res.new, dup + res.duplicates
 
         chunk: list[NewJob] = []
-        line = 0
-        async for spec in _aiter(specs):
-            line += 1
-            chunk.append(_to_new_job(spec, self.max_attempts, line if run_id else None))
+        async for line, spec in entries:
+            chunk.append(_to_new_job(spec, self.max_attempts, line))
             if len(chunk) >= _SUBMIT_CHUNK:
                 await flush(chunk)
                 chunk = []
@@ -390,16 +406,41 @@ class Runtime:
             new, dup = new + res.new, dup + res.duplicates
         return SubmitResult(new=new, duplicates=dup)
 
+    async def start_run(self, source: str, options: dict[str, Any]) -> int:
+        """Record a run (a manifest being submitted); returns its id."""
+        reply: Reply[int] = Reply()
+        await self._syncer_mb.send(StartRun(uuid.uuid4().hex, source, options, reply))
+        return await reply.wait()
+
+    async def reject_lines(self, run_id: int, items: Sequence[tuple[int, str, str]]) -> None:
+        """Record manifest lines that could not become jobs: ``(line, reason, raw)``."""
+        if items:
+            await self._call(RunRejects(run_id, tuple(items)))
+
+    async def finish_run(self, run_id: int, status: str) -> None:
+        await self._call(FinishRun(run_id, status))
+
+    async def _call(self, msg: SyncerMsg) -> None:
+        """Send ``msg`` and wait for the commit that carries it (a round trip)."""
+        reply: Reply[SubmitResult] = Reply()
+        await self._syncer_mb.send(msg)
+        await self._syncer_mb.send(Submit((), reply=reply))
+        await reply.wait()
+
     async def send(self, msg: SyncerMsg) -> None:
         """Send a raw message to the syncer (sources and the CLI use this)."""
         await self._syncer_mb.send(msg)
 
     async def join(self) -> None:
-        """Wait until nothing is planned or leased (retries waiting for back-off count)."""
+        """Wait until nothing is planned or leased (retries waiting for back-off count).
+
+        Counts come from the stats-keeper, which sees every commit's deltas in order; the
+        syncer sends them before it answers anyone, so work submitted before `join` is
+        counted by the time the stats mailbox is empty.
+        """
         while True:
             changed = self._stats.changed
-            busy = (len(self._syncer_mb) or self._syncer_mb.in_flight()
-                    or len(self._stats_mb) or self._stats_mb.in_flight())
+            busy = len(self._stats_mb) or self._stats_mb.in_flight()
             if not busy and self._stats.loaded and self.stats().active == 0:
                 return
             await changed.wait()
@@ -450,6 +491,11 @@ def _raise_gave_up(group: BaseExceptionGroup[Any]) -> None:
         while isinstance(exc, BaseExceptionGroup):
             exc = exc.exceptions[0]
         raise exc from exc.__cause__
+
+
+async def _numbered(items: AsyncIterable[Any], line: None) -> Any:
+    async for item in items:
+        yield line, item
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> Any:

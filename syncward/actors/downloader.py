@@ -142,30 +142,30 @@ class Downloader:
         self.faults = faults
         self.current: Context | None = None
         self._stopping = False
-        self._idle: anyio.CancelScope | None = None
+        self._busy = False
+        self._scope: anyio.CancelScope | None = None
 
     def request_stop(self) -> None:
         """Finish the job in hand, if any, then return; an idle downloader returns at once."""
         self._stopping = True
-        if self._idle is not None:
-            self._idle.cancel()
+        if not self._busy and self._scope is not None:
+            self._scope.cancel()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
-        while not self._stopping:
-            job: Job | None = None
-            with anyio.CancelScope() as self._idle:
-                with contextlib.suppress(MailboxClosed):
-                    job = await self.work.receive(self.name)
-            self._idle = None
-            if job is None:
-                return
-            outcome = await self._attempt(job)
-            if self.faults is not None:
-                self.faults.check("downloader.before_outcome")
-            self.work.ack(self.name)
-            await self.syncer.send(outcome)
+        # One scope for the whole loop, cancelled by request_stop only while idle (waiting
+        # for a job): a scope per job would cost more than a no-op job itself.
+        with anyio.CancelScope() as self._scope, contextlib.suppress(MailboxClosed):
+            while not self._stopping:
+                job = await self.work.receive(self.name)
+                self._busy = True
+                outcome = await self._attempt(job)
+                if self.faults is not None:
+                    self.faults.check("downloader.before_outcome")
+                self.work.ack(self.name)
+                await self.syncer.send(outcome)
+                self._busy = False
 
     async def _attempt(self, job: Job) -> Outcome:
         ctx = Context(job, syncer=self.syncer, store=self.store)
@@ -174,8 +174,14 @@ class Downloader:
         if self.faults is not None:
             self.faults.check("downloader.before_handler")  # a crash of ours, not the handler's
         try:
-            with anyio.fail_after(timeout):
+            if timeout is None:
                 value = await self.handler(job, ctx)
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    value = await self.handler(job, ctx)
+                if scope.cancelled_caught:
+                    return self._retry(job, f"timed out after {timeout:g}s",
+                                       self.retry.delay(job.attempt))
         except Retry as exc:
             after = exc.after if exc.after is not None else self.retry.delay(job.attempt)
             return self._retry(job, f"Retry: {exc.reason}", after)
@@ -183,13 +189,12 @@ class Downloader:
             return Outcome(job.id, job.fence, OutcomeKind.FAILED, error=f"Permanent: {exc.reason}")
         except Skip as exc:
             return Outcome(job.id, job.fence, OutcomeKind.SKIPPED, error=f"Skip: {exc.reason}")
-        except TimeoutError as exc:
-            what = f"timed out after {timeout:g}s" if timeout is not None else _describe(exc)
-            return self._retry(job, what, self.retry.delay(job.attempt))
         except Exception as exc:
             return self._retry(job, _describe(exc), self.retry.delay(job.attempt))
         finally:
             self.current = None
+        if value is None:
+            return Outcome(job.id, job.fence, OutcomeKind.SUCCEEDED, result="null")
         try:
             text = json.dumps(value)
         except (TypeError, ValueError) as exc:

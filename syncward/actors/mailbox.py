@@ -66,11 +66,11 @@ class Mailbox(Generic[T]):
         """Deliver ``item``, waiting while the mailbox is full.
 
         Ordering: messages from one sender arrive in send order. Cancellation: the message
-        is either enqueued or not, never half.
+        is either enqueued or not, never half. A send into a mailbox with room completes
+        without yielding to the event loop (the hot path of every job); a full one waits.
         Raises:
             MailboxClosed: the mailbox was closed.
         """
-        await anyio.lowlevel.checkpoint_if_cancelled()
         while len(self._items) >= self.capacity and not self._closed:
             await self._park(self._send_waiters, self._wake_sender)
         self._put(item)
@@ -97,10 +97,13 @@ class Mailbox(Generic[T]):
     async def receive(self, consumer: str) -> T:
         """Take the next message; it stays in flight for ``consumer`` until `ack`.
 
+        Always yields to the event loop once, so a consumer of a busy mailbox cannot
+        starve other tasks.
         Raises:
             MailboxClosed: closed and empty: nothing more will come.
         """
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._items:
+            await anyio.lowlevel.checkpoint()
         while not self._items:
             if self._closed:
                 raise MailboxClosed(self.name)

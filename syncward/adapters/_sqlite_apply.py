@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, assert_never
 
+from syncward.adapters._sqlite_fenced import FencedRows, Stale
 from syncward.errors import IllegalTransition
 from syncward.jobs import Job, JobState, check_transition
 from syncward.messages import (
@@ -26,7 +27,6 @@ from syncward.messages import (
     FinishRun,
     LeaseOrder,
     Outcome,
-    OutcomeKind,
     ReapExpired,
     Reconcile,
     ReconcileReport,
@@ -52,13 +52,22 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchApplier"]
 
-_LEASED = JobState.LEASED.value
 _MAX_LOST_LISTED = 20
+_KEY_CHUNK = 500
+_FENCED = (Stage, Effect, Outcome, Release)
 
 
-class _Stale(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+def _ids(batch: Sequence[SyncerMsg]) -> set[int]:
+    """Every job id the batch's fenced messages touch (loaded in one go)."""
+    ids: set[int] = set()
+    for msg in batch:
+        if isinstance(msg, _FENCED):
+            ids.add(msg.job_id)
+        elif isinstance(msg, Renew):
+            ids.update(item[0] for item in msg.items)
+        elif isinstance(msg, ReapExpired):
+            ids.update(item[0] for item in msg.items)
+    return ids
 
 
 class BatchApplier:
@@ -68,6 +77,8 @@ class BatchApplier:
         self.conn = conn
         self._deltas: dict[JobState, int] = {}
         self._now = 0.0
+        self._rows = FencedRows(conn, 0.0)
+        self._batch_ids: set[int] = set()
 
     # --- the entry point -------------------------------------------------------------
 
@@ -84,7 +95,11 @@ class BatchApplier:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [self._one(msg) for msg in batch]
+            self._rows = FencedRows(conn, now)
+            self._batch_ids = _ids(batch)
+            self._rows.load(self._batch_ids)
+            results = self._all(batch)
+            self._flush()
             leased = self._lease(lease) if lease is not None and lease.n > 0 else []
             counts = self._count() if recount else None
             if dry_run:
@@ -98,35 +113,44 @@ class BatchApplier:
         deltas = {s: d for s, d in self._deltas.items() if d}
         return ApplyResult(results=results, deltas=deltas, leased=leased, counts=counts)
 
+    def _all(self, batch: Sequence[SyncerMsg]) -> list[object]:
+        """Results in message order; runs of consecutive submits are inserted together."""
+        results: list[object] = []
+        i = 0
+        while i < len(batch):
+            if isinstance(batch[i], Submit):
+                j = i
+                while j < len(batch) and isinstance(batch[j], Submit):
+                    j += 1
+                results.extend(self._submits(batch[i:j]))  # type: ignore[arg-type]
+                i = j
+            else:
+                results.append(self._one(batch[i]))
+                i += 1
+        return results
+
     # --- helpers ---------------------------------------------------------------------
 
-    def _move(self, old: JobState, new: JobState) -> None:
-        if old is not new:
-            self._deltas[old] = self._deltas.get(old, 0) - 1
-            self._deltas[new] = self._deltas.get(new, 0) + 1
+    def _flush(self) -> None:
+        rows = self._rows
+        rows.flush()
+        for state, d in rows.deltas.items():
+            self._deltas[state] = self._deltas.get(state, 0) + d
+        rows.deltas.clear()
+
+    def _reload(self) -> None:
+        """Re-read the batch's rows after a set-based statement changed them behind the view."""
+        self._rows.rows.clear()
+        self._rows.load(self._batch_ids)
+
+    def _move(self, old: JobState, new: JobState, n: int = 1) -> None:
+        if old is not new and n:
+            self._deltas[old] = self._deltas.get(old, 0) - n
+            self._deltas[new] = self._deltas.get(new, 0) + n
 
     def _reject(self, job_id: int | None, msg: SyncerMsg, reason: str) -> Rejected:
-        self.conn.execute(
-            "INSERT INTO rejections (at, job_id, message, reason) VALUES (?, ?, ?, ?)",
-            (self._now, job_id, type(msg).__name__, reason),
-        )
+        self._rows.reject(job_id, type(msg).__name__, reason)
         return Rejected(reason)
-
-    def _fenced(self, job_id: int, fence: int) -> tuple[Any, ...]:
-        """The leased row ``(state, attempts, max_attempts, stage, lease_expires_at)``.
-
-        Raises _Stale when the job is unknown, not leased or leased under another fence.
-        """
-        row = self.conn.execute(
-            "SELECT state, fence, attempts, max_attempts, stage, lease_expires_at, key"
-            " FROM jobs WHERE id = ?",
-            (job_id,),
-        ).fetchone()
-        if row is None:
-            raise _Stale(f"unknown job id {job_id}")
-        if row[1] != fence or row[0] != _LEASED:
-            raise _Stale(f"stale fence {fence}: job is {row[0]} with fence {row[1]}")
-        return tuple(row)
 
     def _count(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
@@ -139,26 +163,35 @@ class BatchApplier:
     def _one(self, msg: SyncerMsg) -> object:
         match msg:
             case Submit():
-                return self._submit(msg)
+                return self._submits([msg])[0]
             case Recount():
                 return ACCEPTED
             case Renew():
                 return self._renew(msg)
             case Stage() | Effect() | Outcome() | Release():
-                try:
-                    row = self._fenced(msg.job_id, msg.fence)
-                    return self._leased_msg(msg, row)
-                except _Stale as stale:
-                    return self._reject(msg.job_id, msg, stale.reason)
-                except IllegalTransition as exc:
-                    return self._reject(msg.job_id, msg, str(exc))
+                return self._fenced(msg)
             case ReapExpired():
                 return self._reap(msg)
             case Requeue():
+                self._flush()
                 try:
                     return self._requeue(msg)
                 except IllegalTransition as exc:
                     return self._reject(None, msg, str(exc))
+                finally:
+                    self._reload()
+            case Reconcile():
+                self._flush()
+                try:
+                    return self._reconcile_dry_run(msg) if msg.dry_run else self._reconcile(msg)
+                finally:
+                    self._reload()
+            case _:
+                return self._bookkeeping(msg)
+
+    def _bookkeeping(self, msg: SyncerMsg) -> object:
+        """Workers, events and runs: messages that touch no job."""
+        match msg:
             case RegisterWorker():
                 return self._register(msg)
             case WorkerStatus():
@@ -196,78 +229,87 @@ class BatchApplier:
                     (msg.status, self._now, msg.run_id),
                 )
                 return ACCEPTED
-            case Reconcile():
-                return self._reconcile_dry_run(msg) if msg.dry_run else self._reconcile(msg)
             case _:
-                assert_never(msg)
+                raise AssertionError(f"unhandled message {type(msg).__name__}")
 
     # --- jobs ------------------------------------------------------------------------
 
-    def _submit(self, msg: Submit) -> SubmitResult:
+    def _submits(self, msgs: Sequence[Submit]) -> list[SubmitResult]:
+        """Insert the jobs of consecutive submits at once; count new and duplicate per message.
+
+        The keys already present are looked up first (one query per 500 keys), so each
+        message learns its own counts although the rows go in with one executemany.
+        """
         conn = self.conn
         now = self._now
-        before = conn.total_changes
+        keys = [bytes.fromhex(j.key) for m in msgs for j in m.jobs]
+        seen: set[bytes] = set()
+        for start in range(0, len(keys), _KEY_CHUNK):
+            chunk = keys[start:start + _KEY_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            seen.update(r[0] for r in conn.execute(
+                f"SELECT key FROM jobs WHERE key IN ({marks})", chunk))
+        results: list[SubmitResult] = []
+        rows: list[tuple[Any, ...]] = []
+        entries: list[tuple[Any, ...]] = []
+        k = 0
+        for msg in msgs:
+            new = 0
+            for job in msg.jobs:
+                key = keys[k]
+                k += 1
+                if key not in seen:
+                    seen.add(key)
+                    new += 1
+                    rows.append((key, job.identity, job.payload, job.max_attempts, now,
+                                 job.lease_seconds, job.timeout, now, now))
+                if msg.run_id is not None and job.line is not None:
+                    entries.append((msg.run_id, job.line, key))
+            results.append(SubmitResult(new=new, duplicates=len(msg.jobs) - new))
         conn.executemany(
             "INSERT OR IGNORE INTO jobs (key, identity, payload, state, max_attempts,"
             " next_attempt_at, lease_seconds, timeout, created_at, updated_at)"
-            " VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, ?, ?)",
-            [
-                (bytes.fromhex(j.key), j.identity, j.payload, j.max_attempts, now,
-                 j.lease_seconds, j.timeout, now, now)
-                for j in msg.jobs
-            ],
-        )
-        new = conn.total_changes - before
-        if new:
-            self._deltas[JobState.PLANNED] = self._deltas.get(JobState.PLANNED, 0) + new
-        if msg.run_id is not None:
+            " VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, ?, ?)", rows)
+        if entries:
             conn.executemany(
                 "INSERT OR IGNORE INTO run_entries (run_id, line, key) VALUES (?, ?, ?)",
-                [(msg.run_id, j.line, bytes.fromhex(j.key)) for j in msg.jobs
-                 if j.line is not None],
-            )
-        return SubmitResult(new=new, duplicates=len(msg.jobs) - new)
+                entries)
+        if rows:
+            self._deltas[JobState.PLANNED] = self._deltas.get(JobState.PLANNED, 0) + len(rows)
+        return results
 
     def _renew(self, msg: Renew) -> object:
         stale = 0
         for job_id, fence, seconds in msg.items:
-            cur = self.conn.execute(
-                "UPDATE jobs SET lease_expires_at = ?, updated_at = ?"
-                " WHERE id = ? AND fence = ? AND state = 'leased'",
-                (self._now + seconds, self._now, job_id, fence),
-            )
-            if cur.rowcount == 0:
+            try:
+                self._rows.renew(self._rows.leased(job_id, fence), seconds)
+            except Stale as exc:
                 stale += 1
-                self._reject(job_id, msg, f"stale fence {fence}: lease not renewed")
+                self._reject(job_id, msg, f"{exc.reason}: lease not renewed")
         return ACCEPTED if not stale else Rejected(f"{stale} lease(s) were no longer held")
 
-    def _leased_msg(self, msg: Stage | Effect | Outcome | Release, row: tuple[Any, ...]) -> object:
-        conn = self.conn
-        now = self._now
-        match msg:
-            case Stage():
-                check_transition(JobState.LEASED, JobState.LEASED)
-                conn.execute(
-                    "UPDATE jobs SET stage = ?, updated_at = ? WHERE id = ?",
-                    (msg.stage, now, msg.job_id),
-                )
-                return ACCEPTED
-            case Effect():
-                return self._effect(msg)
-            case Release():
-                check_transition(JobState.LEASED, JobState.PLANNED)
-                conn.execute(
-                    "UPDATE jobs SET state = 'planned', attempts = max(attempts - 1, 0),"
-                    " lease_owner = NULL, lease_boot = NULL, lease_expires_at = NULL,"
-                    " next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                    (now, now, msg.job_id),
-                )
-                self._move(JobState.LEASED, JobState.PLANNED)
-                return ACCEPTED
-            case Outcome():
-                return self._outcome(msg, attempts=row[2], max_attempts=row[3])
-            case _:
-                assert_never(msg)
+    def _fenced(self, msg: Stage | Effect | Outcome | Release) -> object:
+        rows = self._rows
+        try:
+            row = rows.leased(msg.job_id, msg.fence)
+            match msg:
+                case Stage():
+                    rows.stage(row, msg.stage)
+                case Effect():
+                    return self._effect(msg)
+                case Outcome():
+                    rows.outcome(row, msg)
+                case Release():
+                    rows.release(row)
+                case _:
+                    assert_never(msg)
+            return ACCEPTED
+        except Stale as stale:
+            if isinstance(msg, Outcome) and rows.already_applied(msg):
+                return ACCEPTED  # the same outcome, delivered again: already committed
+            return self._reject(msg.job_id, msg, stale.reason)
+        except IllegalTransition as exc:
+            return self._reject(msg.job_id, msg, str(exc))
 
     def _effect(self, msg: Effect) -> EffectResult:
         key = bytes.fromhex(msg.op_key)
@@ -281,29 +323,6 @@ class BatchApplier:
         (first,) = self.conn.execute("SELECT result FROM ops WHERE op_key = ?", (key,)).fetchone()
         return EffectResult(result=first, recorded_before=True)
 
-    def _outcome(self, msg: Outcome, *, attempts: int, max_attempts: int) -> object:
-        kind = msg.kind
-        error = msg.error
-        if kind is OutcomeKind.RETRY and attempts >= max_attempts:
-            kind = OutcomeKind.FAILED
-            error = f"attempts exhausted ({attempts}/{max_attempts}): {msg.error}"
-        target = {
-            OutcomeKind.SUCCEEDED: JobState.SUCCEEDED,
-            OutcomeKind.RETRY: JobState.PLANNED,
-            OutcomeKind.FAILED: JobState.FAILED,
-            OutcomeKind.SKIPPED: JobState.SKIPPED,
-        }[kind]
-        check_transition(JobState.LEASED, target)
-        next_at = msg.retry_at if msg.retry_at is not None else self._now
-        self.conn.execute(
-            "UPDATE jobs SET state = ?, result = ?, last_error = ?, next_attempt_at = ?,"
-            " lease_owner = NULL, lease_boot = NULL, lease_expires_at = NULL, updated_at = ?"
-            " WHERE id = ?",
-            (target.value, msg.result, error, next_at, self._now, msg.job_id),
-        )
-        self._move(JobState.LEASED, target)
-        return ACCEPTED
-
     def _lease(self, order: LeaseOrder) -> list[Job]:
         conn = self.conn
         now = self._now
@@ -314,60 +333,45 @@ class BatchApplier:
             " ORDER BY next_attempt_at, id LIMIT ?",
             (now, order.n),
         ).fetchall()
+        if not rows:
+            return []
+        check_transition(JobState.PLANNED, JobState.LEASED)
         jobs: list[Job] = []
         params = []
+        loads = json.loads
+        default_seconds = order.default_lease_seconds
         for (job_id, key, ident, payload, attempts, max_att, stage, fence, lease_s,
              timeout) in rows:
-            check_transition(JobState.PLANNED, JobState.LEASED)
-            seconds = lease_s if lease_s is not None else order.default_lease_seconds
+            seconds = lease_s if lease_s is not None else default_seconds
             params.append((order.owner, order.boot_id, now + seconds, now, job_id))
             jobs.append(Job(
-                id=job_id, key=key.hex(), identity=json.loads(ident),
-                payload=json.loads(payload), attempt=attempts + 1, max_attempts=max_att,
-                stage=stage, fence=fence + 1, lease_seconds=seconds,
+                id=job_id, key=key.hex(), identity=loads(ident),
+                payload={} if payload == "{}" else loads(payload), attempt=attempts + 1,
+                max_attempts=max_att, stage=stage, fence=fence + 1, lease_seconds=seconds,
                 lease_expires_at=now + seconds, timeout=timeout,
             ))
         conn.executemany(
             "UPDATE jobs SET state = 'leased', lease_owner = ?, lease_boot = ?,"
-            " lease_expires_at = ?, fence = fence + 1, attempts = attempts + 1,"
-            " updated_at = ? WHERE id = ?",
+            " lease_expires_at = ?, fence = fence + 1, attempts = attempts + 1, updated_at = ?"
+            " WHERE id = ?",
             params,
         )
-        if jobs:
-            self._deltas[JobState.PLANNED] = self._deltas.get(JobState.PLANNED, 0) - len(jobs)
-            self._deltas[JobState.LEASED] = self._deltas.get(JobState.LEASED, 0) + len(jobs)
+        self._move(JobState.PLANNED, JobState.LEASED, len(jobs))
         return jobs
-
-    def _lose_lease(self, job_id: int, row: tuple[Any, ...], why: str) -> tuple[JobState, str]:
-        """A lease whose owner is gone: back to planned, or failed when attempts are spent.
-
-        The lost lease counts as an attempt (it was counted when it was granted), and is
-        recorded as a crash, distinct from a handler error.
-        """
-        _state, _fence, attempts, max_attempts, stage, _exp, _key = row
-        note = f"lease lost at stage {stage or 'start'}, attempt {attempts} ({why})"
-        target = JobState.FAILED if attempts >= max_attempts else JobState.PLANNED
-        check_transition(JobState.LEASED, target)
-        self.conn.execute(
-            "UPDATE jobs SET state = ?, last_error = ?, lease_owner = NULL, lease_boot = NULL,"
-            " lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-            (target.value, note, self._now, self._now, job_id),
-        )
-        self._move(JobState.LEASED, target)
-        return target, note
 
     def _reap(self, msg: ReapExpired) -> object:
         reaped = 0
+        rows = self._rows
         for job_id, fence in msg.items:
             try:
-                row = self._fenced(job_id, fence)
-            except _Stale as stale:
+                row = rows.leased(job_id, fence)
+            except Stale as stale:
                 self._reject(job_id, msg, stale.reason)
                 continue
-            if row[5] is None or row[5] > self._now:
+            if row.lease_expires_at is None or row.lease_expires_at > self._now:
                 self._reject(job_id, msg, "lease was renewed before it was reaped")
                 continue
-            self._lose_lease(job_id, row, "lease expired")
+            rows.lose(row, "lease expired")
             reaped += 1
         return reaped
 
@@ -385,13 +389,12 @@ class BatchApplier:
                 ).fetchone()
                 if row is not None:
                     ids.append(row[0])
-        for job_id in ids:
-            self.conn.execute(
-                "UPDATE jobs SET state = 'planned', attempts = 0, next_attempt_at = ?,"
-                " result = NULL, updated_at = ? WHERE id = ?",
-                (self._now, self._now, job_id),
-            )
-            self._move(msg.state, JobState.PLANNED)
+        self.conn.executemany(
+            "UPDATE jobs SET state = 'planned', attempts = 0, next_attempt_at = ?,"
+            " result = NULL, updated_at = ? WHERE id = ?",
+            [(self._now, self._now, job_id) for job_id in ids],
+        )
+        self._move(msg.state, JobState.PLANNED, len(ids))
         return len(ids)
 
     # --- workers and reconciliation --------------------------------------------------
@@ -425,21 +428,36 @@ class BatchApplier:
             self._deltas = deltas
 
     def _reconcile(self, msg: Reconcile) -> ReconcileReport:
+        """Leases of other boots go back at once, in two set-based statements.
+
+        Their owners are provably gone (this process holds the store's lock), so each
+        lost lease counts as an attempt and is recorded as a crash: planned again, or
+        failed when its attempts are spent.
+        """
         conn = self.conn
-        stale = conn.execute(
-            "SELECT id, fence FROM jobs WHERE state = 'leased'"
-            " AND (lease_boot IS NULL OR lease_boot != ?)",
-            (msg.boot_id,),
-        ).fetchall()
-        requeued = failed = 0
-        lost: list[str] = []
-        for job_id, fence in stale:
-            row = self._fenced(job_id, fence)
-            target, note = self._lose_lease(job_id, row, "its process is gone")
-            requeued += target is JobState.PLANNED
-            failed += target is JobState.FAILED
-            if len(lost) < _MAX_LOST_LISTED:
-                lost.append(f"job {bytes(row[6]).hex()[:16]}: {note}")
+        where = "state = 'leased' AND (lease_boot IS NULL OR lease_boot != ?)"
+        lost = [
+            f"job {bytes(key).hex()[:16]}: lease lost at stage {stage or 'start'}, "
+            f"attempt {attempts} (its process is gone)"
+            for key, stage, attempts in conn.execute(
+                f"SELECT key, stage, attempts FROM jobs WHERE {where} LIMIT ?",
+                (msg.boot_id, _MAX_LOST_LISTED))
+        ]
+        (failed,) = conn.execute(
+            f"SELECT count(*) FROM jobs WHERE {where} AND attempts >= max_attempts",
+            (msg.boot_id,)).fetchone()
+        check_transition(JobState.LEASED, JobState.FAILED)
+        check_transition(JobState.LEASED, JobState.PLANNED)
+        requeued = conn.execute(
+            "UPDATE jobs SET state = CASE WHEN attempts >= max_attempts THEN 'failed'"
+            " ELSE 'planned' END,"
+            " last_error = 'lease lost at stage ' || coalesce(stage, 'start') || ', attempt '"
+            " || attempts || ' (its process is gone)',"
+            " lease_owner = NULL, lease_boot = NULL, lease_expires_at = NULL,"
+            f" next_attempt_at = ?, updated_at = ? WHERE {where}",
+            (self._now, self._now, msg.boot_id)).rowcount - failed
+        self._move(JobState.LEASED, JobState.PLANNED, requeued)
+        self._move(JobState.LEASED, JobState.FAILED, failed)
         dead = [r[0] for r in conn.execute(
             "SELECT name FROM workers WHERE boot_id != ? AND status NOT IN ('dead', 'stopped')",
             (msg.boot_id,),
