@@ -115,7 +115,7 @@ def job_key(identity: Mapping[str, object]) -> str:
     return hashlib.sha256(_JOB_TAG + canonical_identity(identity).encode()).hexdigest()
 
 
-def op_key(kind: str, job_key: str, **context: str | int) -> str:
+def op_key(kind: str, job_key: str, /, **context: str | int) -> str:
     """Hex SHA-256 naming one side effect of one job (the operation ledger's key).
 
     The same kind, job and context always give the same key, so an effect recorded once is

@@ -12,6 +12,7 @@ and granted again) is rejected individually and never touches the newer owner's 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
@@ -226,10 +227,15 @@ class ReapExpired:
 
 @dataclass(frozen=True, slots=True)
 class Requeue:
-    """Send terminal jobs back to planned with attempts reset (the dead-letter path)."""
+    """Send terminal jobs back to planned with attempts reset (the dead-letter path).
+
+    Only jobs that have not changed since ``decided_at`` (when the requeue was decided)
+    are requeued, so a redelivered Requeue cannot requeue a job that failed after it.
+    """
 
     state: JobState = JobState.FAILED
     keys: tuple[str, ...] | None = None  # None: every job in ``state``
+    decided_at: float = field(default_factory=time.time)
     reply: Reply[int] | None = None
 
 

@@ -450,20 +450,15 @@ async def test_a_batch_applied_twice_gives_the_same_database_as_once(
     assert states == {"planned": 7, "leased": 1, "succeeded": 1, "skipped": 1, "failed": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Requeue is not fenced: redelivering [Requeue, Outcome(FAILED)] re-queues the job the "
-        "first delivery failed (needs the fence or failure time the requeue was decided on)"
-    ),
-)
 async def test_requeue_then_failure_redelivered(open_store: OpenStore, tmp_path: Path) -> None:
     once = await open_store(f"sqlite:///{tmp_path}/once.db")
     twice = await open_store(f"sqlite:///{tmp_path}/twice.db")
     for store in (once, twice):
         await submit(store, new_job({"n": 1}))
         (job,) = await lease(store, 1, now=T0)
-    batch = [Requeue(), Outcome(job.id, job.fence, OutcomeKind.FAILED, error="404")]
+    # The requeue was decided at T0: a job that failed after that is not requeued by it.
+    batch = [Requeue(decided_at=T0),
+             Outcome(job.id, job.fence, OutcomeKind.FAILED, error="404")]
     await once.apply(batch, now=T0 + 1)
     await twice.apply(batch, now=T0 + 1)
     await twice.apply(batch, now=T0 + 1)

@@ -141,9 +141,7 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
 
     async def roundtrip(msg: SyncerMsg, reply: Reply[Any]) -> Any:
         await mailbox.send(msg)
-        result = await reply.wait()
-        take_leased()
-        return result
+        return await reply.wait()
 
     try:
         async with anyio.create_task_group() as tg:
@@ -166,6 +164,7 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
                     reply: Reply[SubmitResult] = Reply()
                     await roundtrip(Submit(tuple(new_job(i) for i in step[1]), reply=reply),
                                     reply)
+                    take_leased()
                     assert set(step[1]) <= set(db_state(path))  # acknowledged => committed
                 elif kind in ("outcome", "stage", "heartbeat") and held:
                     job = held[step[1] % len(held)]
@@ -179,6 +178,7 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
                         res = await roundtrip(Stage(job.id, job.fence, step[2], r), r)
                         assert isinstance(res, Accepted)
                         m.stage = step[2]
+                        take_leased()
                     else:
                         outcome = OutcomeKind(step[2])
                         res = await roundtrip(Outcome(job.id, job.fence, outcome, result="1",
@@ -191,6 +191,7 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
                             m.state = "failed" if m.attempts >= MAX_ATTEMPTS else "planned"
                         else:
                             m.state = outcome.value
+                        take_leased()
                     assert db_state(path)[ident][0] == m.state  # acknowledged => committed
                 elif kind == "fail":
                     if step[1] == "before":
@@ -205,6 +206,7 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
             control.enabled = False
             r2: Reply[SubmitResult] = Reply()
             await roundtrip(Submit((), reply=r2), r2)  # every lease so far is handed out
+            take_leased()
             assert db_state(path) == model_state(model)
             scope.cancel()
     finally:

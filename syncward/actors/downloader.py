@@ -79,7 +79,7 @@ class Context:
         if isinstance(result, Rejected):
             raise LeaseLost(self.job.key, result.reason)
 
-    async def effect(self, kind: str, fn: Callable[[], Any], **context: str | int) -> Any:
+    async def effect(self, kind: str, fn: Callable[[], Any], /, **context: str | int) -> Any:
         """Run a side effect at most once per op key and return its committed JSON result.
 
         If the operation ledger already holds ``op_key(kind, job.key, **context)`` (an
@@ -163,8 +163,10 @@ class Downloader:
                 outcome = await self._attempt(job)
                 if self.faults is not None:
                     self.faults.check("downloader.before_outcome")
-                self.work.ack(self.name)
+                # The job stays in flight until its outcome is in the syncer's mailbox (a send
+                # with room does not yield, so the syncer never sees the gap between the two).
                 await self.syncer.send(outcome)
+                self.work.ack(self.name)
                 self._busy = False
 
     async def _attempt(self, job: Job) -> Outcome:

@@ -37,8 +37,10 @@ from syncward.jobs import Job, JobState
 from syncward.messages import (
     ApplyResult,
     LeaseOrder,
+    Outcome,
     Recount,
     Rejected,
+    Release,
     Submit,
     SubmitResult,
     SyncerMsg,
@@ -157,6 +159,7 @@ class Syncer:
         self.faults = faults
         self._stopping = False
         self._next_due: float | None = 0.0  # unknown: look at once
+        self._orphans_possible = False
 
     def request_stop(self) -> None:
         """Drain: commit everything already in the mailbox, then return."""
@@ -195,7 +198,8 @@ class Syncer:
         while True:
             demand = min(self._demand(), cfg.max_batch)
             order = None
-            if demand and (self._next_due is not None and self._next_due <= self.clock.now()):
+            due = self._next_due is not None and self._next_due <= self.clock.now()
+            if demand and due and not self._orphans_possible:
                 c = self.control
                 order = LeaseOrder(n=demand, owner=c.owner, boot_id=c.boot_id,
                                    default_lease_seconds=c.default_lease_seconds)
@@ -209,6 +213,9 @@ class Syncer:
                                                 recount=recount is not None)
                 break
             except StoreUnavailable as exc:
+                # If the commit's outcome is unknown it may have granted leases that were
+                # never handed out: look for them after the next successful commit.
+                self._orphans_possible = self._orphans_possible or order is not None
                 self._record_failure(exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, cfg.retry_max)
@@ -243,6 +250,8 @@ class Syncer:
                 await self.stats.send(update)
         for job in result.leased:
             self.work.send_nowait(job)
+        if self._orphans_possible:
+            await self._adopt_orphans()
         if order is not None:
             full = len(result.leased) == order.n
             self._next_due = now if full else await self._lookup_next_due()
@@ -260,6 +269,28 @@ class Syncer:
                 assert isinstance(res, SubmitResult)
                 msg.on_commit(res)
         self.mailbox.ack(CONSUMER, len(batch))
+
+    async def _adopt_orphans(self) -> None:
+        """Hand out leases of this boot that no downloader holds and no outcome ends.
+
+        After a commit whose outcome was unknown, the leases it granted may be committed
+        although the syncer never handed them out; without this they would sit until
+        their expiry and then cost an attempt. No new leases are granted until this has
+        run, so the orphans fit in the room they were granted for.
+        """
+        c = self.control
+        try:
+            leased = await self.store.leased_jobs(
+                c.boot_id, default_lease_seconds=c.default_lease_seconds)
+        except StoreUnavailable:
+            return
+        held = {(j.id, j.fence) for j in self.work.pending()}
+        ending = {(m.job_id, m.fence) for m in self.mailbox.pending()
+                  if isinstance(m, Outcome | Release)}
+        for job in leased:
+            if (job.id, job.fence) not in held and (job.id, job.fence) not in ending:
+                self.work.send_nowait(job)  # room: no lease was granted since they were
+        self._orphans_possible = False
 
     async def _lookup_next_due(self) -> float | None:
         try:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 from syncward.adapters._sqlite_fenced import FencedRows, Stale
 from syncward.errors import IllegalTransition
-from syncward.jobs import Job, JobState, check_transition
+from syncward.jobs import TERMINAL, Job, JobState, check_transition
 from syncward.messages import (
     ACCEPTED,
     ApplyResult,
@@ -376,16 +376,19 @@ class BatchApplier:
         return reaped
 
     def _requeue(self, msg: Requeue) -> int:
+        if msg.state not in TERMINAL:
+            raise IllegalTransition(msg.state, JobState.PLANNED, job="(requeue: not terminal)")
         check_transition(msg.state, JobState.PLANNED)  # before any row changes
         if msg.keys is None:
             ids = [r[0] for r in self.conn.execute(
-                "SELECT id FROM jobs WHERE state = ?", (msg.state.value,))]
+                "SELECT id FROM jobs WHERE state = ? AND updated_at <= ?",
+                (msg.state.value, msg.decided_at))]
         else:
             ids = []
             for key in msg.keys:
                 row = self.conn.execute(
-                    "SELECT id FROM jobs WHERE key = ? AND state = ?",
-                    (bytes.fromhex(key), msg.state.value),
+                    "SELECT id FROM jobs WHERE key = ? AND state = ? AND updated_at <= ?",
+                    (bytes.fromhex(key), msg.state.value, msg.decided_at),
                 ).fetchone()
                 if row is not None:
                     ids.append(row[0])
@@ -453,6 +456,7 @@ class BatchApplier:
             " ELSE 'planned' END,"
             " last_error = 'lease lost at stage ' || coalesce(stage, 'start') || ', attempt '"
             " || attempts || ' (its process is gone)',"
+            " ended_fence = fence, ended_by = 'lost',"
             " lease_owner = NULL, lease_boot = NULL, lease_expires_at = NULL,"
             f" next_attempt_at = ?, updated_at = ? WHERE {where}",
             (self._now, self._now, msg.boot_id)).rowcount - failed

@@ -51,6 +51,9 @@ class Row:
     stage: str | None
     lease_expires_at: float | None
     key: bytes
+    ended_fence: int | None  # the last lease that ended, and what ended it: a redelivered
+    ended_by: str | None  # outcome is recognised as already applied by these
+    ended_here: bool = False  # ended by a message of this very batch
 
 
 @dataclass
@@ -73,10 +76,11 @@ class FencedRows:
             chunk = todo[start:start + _LOAD_CHUNK]
             marks = ",".join("?" * len(chunk))
             for r in self.conn.execute(
-                "SELECT id, state, fence, attempts, max_attempts, stage, lease_expires_at, key"
-                f" FROM jobs WHERE id IN ({marks})", chunk,
+                "SELECT id, state, fence, attempts, max_attempts, stage, lease_expires_at, key,"
+                f" ended_fence, ended_by FROM jobs WHERE id IN ({marks})", chunk,
             ):
-                self.rows[r[0]] = Row(r[0], JobState(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])
+                self.rows[r[0]] = Row(r[0], JobState(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
+                                      r[8], r[9])
 
     def leased(self, job_id: int, fence: int) -> Row:
         """The row, if it is leased under ``fence``.
@@ -93,6 +97,9 @@ class FencedRows:
 
     def reject(self, job_id: int | None, message: str, reason: str) -> None:
         self.rejections.append((self.now, job_id, message, reason))
+
+    def _end(self, row: Row, by: str) -> None:
+        row.ended_fence, row.ended_by, row.ended_here = row.fence, by, True
 
     def _move(self, row: Row, target: JobState) -> None:
         check_transition(row.state, target)
@@ -118,14 +125,16 @@ class FencedRows:
             kind = OutcomeKind.FAILED
             error = f"attempts exhausted ({row.attempts}/{row.max_attempts}): {msg.error}"
         self._move(row, _OUTCOME_TARGET[kind])
+        self._end(row, msg.kind.value)
         next_at = msg.retry_at if msg.retry_at is not None else self.now
         self.finals.append((row.state.value, msg.result, error, next_at, row.attempts,
-                            self.now, row.id))
+                            row.fence, row.ended_by, self.now, row.id))
 
     def release(self, row: Row) -> None:
         self._move(row, JobState.PLANNED)
         row.attempts = max(row.attempts - 1, 0)
-        self.releases.append((row.attempts, self.now, self.now, row.id))
+        self._end(row, "released")
+        self.releases.append((row.attempts, self.now, row.fence, self.now, row.id))
 
     def lose(self, row: Row, why: str) -> str:
         """A lease whose owner is gone: planned again, or failed when attempts are spent.
@@ -136,27 +145,21 @@ class FencedRows:
         note = f"lease lost at stage {row.stage or 'start'}, attempt {row.attempts} ({why})"
         target = JobState.FAILED if row.attempts >= row.max_attempts else JobState.PLANNED
         self._move(row, target)
-        self.finals.append((row.state.value, None, note, self.now, row.attempts, self.now,
-                            row.id))
+        self._end(row, "lost")
+        self.finals.append((row.state.value, None, note, self.now, row.attempts, row.fence,
+                            row.ended_by, self.now, row.id))
         return note
 
     def already_applied(self, msg: Outcome) -> bool:
-        """Whether this outcome is the one that already ended this lease (a redelivery)."""
+        """Whether this outcome is the one that already ended its lease (a redelivery).
+
+        True only if the last lease of the job to end was ``msg.fence``, an outcome of the
+        same kind ended it — even if the job has been leased again since — and it was not
+        ended within this batch (a second outcome for one lease in one batch is stale).
+        """
         row = self.rows.get(msg.job_id)
-        if row is None or row.fence != msg.fence or row.state is JobState.LEASED:
-            return False
-        found = self.conn.execute("SELECT result, last_error FROM jobs WHERE id = ?",
-                                  (row.id,)).fetchone()
-        if found is None:
-            return False
-        result, error = found
-        if msg.kind is OutcomeKind.SUCCEEDED:
-            return row.state is JobState.SUCCEEDED and result == msg.result
-        expected = {OutcomeKind.RETRY: (JobState.PLANNED, JobState.FAILED),
-                    OutcomeKind.FAILED: (JobState.FAILED,),
-                    OutcomeKind.SKIPPED: (JobState.SKIPPED,)}[msg.kind]
-        return row.state in expected and error is not None and msg.error is not None and (
-            error == msg.error or error.endswith(f"): {msg.error}"))
+        return (row is not None and not row.ended_here and row.ended_fence == msg.fence
+                and row.ended_by == msg.kind.value)
 
     # --- writing ---------------------------------------------------------------------
 
@@ -174,14 +177,16 @@ class FencedRows:
         if self.finals:
             conn.executemany(
                 "UPDATE jobs SET state = ?, result = ?, last_error = ?,"
-                " next_attempt_at = ?, attempts = ?, lease_owner = NULL, lease_boot = NULL,"
-                " lease_expires_at = NULL, updated_at = ? WHERE id = ?", self.finals)
+                " next_attempt_at = ?, attempts = ?, ended_fence = ?, ended_by = ?,"
+                " lease_owner = NULL, lease_boot = NULL, lease_expires_at = NULL,"
+                " updated_at = ? WHERE id = ?", self.finals)
             self.finals.clear()
         if self.releases:
             conn.executemany(
                 "UPDATE jobs SET state = 'planned', attempts = ?, next_attempt_at = ?,"
-                " lease_owner = NULL, lease_boot = NULL, lease_expires_at = NULL,"
-                " updated_at = ? WHERE id = ?", self.releases)
+                " ended_fence = ?, ended_by = 'released', lease_owner = NULL,"
+                " lease_boot = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                self.releases)
             self.releases.clear()
         if self.rejections:
             conn.executemany(

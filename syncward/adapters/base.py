@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from syncward.jobs import JobState
+    from syncward.jobs import Job, JobState
     from syncward.messages import ApplyResult, LeaseOrder, SyncerMsg
 
 __all__ = ["JobRow", "LeaseRow", "ManifestComparison", "Store", "WorkerRow"]
@@ -117,6 +117,8 @@ class Store(Protocol):
     async def active_leases(self, *, limit: int = 100) -> list[LeaseRow]: ...
 
     async def next_due(self) -> float | None: ...
+
+    async def leased_jobs(self, boot_id: str, *, default_lease_seconds: float) -> list[Job]: ...
 
     async def workers(self) -> list[WorkerRow]: ...
 
