@@ -33,7 +33,7 @@ from syncward.adapters._sqlite_apply import BatchApplier
 from syncward.adapters._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from syncward.adapters.base import JobRow, LeaseRow, ManifestComparison, WorkerRow
 from syncward.errors import ConfigError, SchemaTooNew, StoreError, StoreLocked, StoreUnavailable
-from syncward.jobs import TERMINAL, JobState
+from syncward.jobs import TERMINAL, Job, JobState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -278,6 +278,17 @@ class SQLiteStore:
         return [LeaseRow(job_id=r[0], key=bytes(r[1]).hex(), fence=r[2], owner=r[3],
                          boot_id=r[4], expires_at=r[5], stage=r[6]) for r in rows]
 
+    async def leased_jobs(self, boot_id: str, *, default_lease_seconds: float) -> list[Job]:
+        """The jobs leased to ``boot_id``, as a downloader would receive them."""
+        rows = await self._fetchall(
+            "SELECT id, key, identity, payload, attempts, max_attempts, stage, fence,"
+            " lease_seconds, timeout, lease_expires_at FROM jobs"
+            " WHERE state = 'leased' AND lease_boot = ? ORDER BY id", (boot_id,))
+        return [Job(id=r[0], key=bytes(r[1]).hex(), identity=json.loads(r[2]),
+                    payload=json.loads(r[3]), attempt=r[4], max_attempts=r[5], stage=r[6],
+                    fence=r[7], lease_seconds=r[8] if r[8] is not None else default_lease_seconds,
+                    lease_expires_at=r[10], timeout=r[9]) for r in rows]
+
     async def next_due(self) -> float | None:
         rows = await self._fetchall(
             "SELECT min(next_attempt_at) FROM jobs WHERE state = 'planned'")
@@ -353,6 +364,47 @@ class SQLiteStore:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    # --- reads for the command line (status, report, progress) -----------------------
+
+    async def run_info(self, run_id: int) -> dict[str, Any] | None:
+        """A run's record: id, source, options, status, started_at, finished_at."""
+        rows = await self._fetchall(
+            "SELECT id, source, options, status, started_at, finished_at FROM runs"
+            " WHERE id = ?", (run_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return {"id": int(r[0]), "source": r[1], "options": json.loads(r[2]), "status": r[3],
+                "started_at": r[4], "finished_at": r[5]}
+
+    async def run_states(self, run_id: int) -> dict[JobState, int]:
+        """A run's distinct manifest keys counted by their job's state (no job: not counted)."""
+        counts = dict.fromkeys(JobState, 0)
+        rows = await self._fetchall(
+            "SELECT j.state, count(*) FROM (SELECT DISTINCT key FROM run_entries"
+            " WHERE run_id = ?) e JOIN jobs j ON j.key = e.key GROUP BY j.state", (run_id,))
+        for state, n in rows:
+            counts[JobState(state)] = int(n)
+        return counts
+
+    async def key_states(self, keys: Sequence[str]) -> dict[str, JobState]:
+        """The state of each of these job keys that has a job (absent keys are left out)."""
+        states: dict[str, JobState] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = await self._fetchall(f"SELECT key, state FROM jobs WHERE key IN ({marks})",
+                                        [bytes.fromhex(k) for k in chunk])
+            states.update((bytes(r[0]).hex(), JobState(r[1])) for r in rows)
+        return states
+
+    async def retrying_count(self, *, limit: int = 10_000) -> int:
+        """Planned jobs that have failed an attempt (waiting to retry), counted up to ``limit``."""
+        rows = await self._fetchall(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'planned' AND attempts > 0"
+            " LIMIT ?)", (limit,))
+        return int(rows[0][0])
 
 
 def _statements(script: str) -> list[str]:
