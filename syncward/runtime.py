@@ -63,6 +63,7 @@ from syncward.messages import (
 from syncward.report import build_report
 from syncward.retry import RetryPolicy
 from syncward.supervisor import (
+    Actor,
     ChildSpec,
     Restart,
     RestartIntensity,
@@ -74,6 +75,7 @@ from syncward.supervisor import (
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from syncward.adapters.base import Source
     from syncward.testing.faults import Faults
 
 __all__ = ["ReconcileHook", "Runtime", "RuntimeStatus"]
@@ -105,6 +107,7 @@ class RuntimeStatus:
     restarts: list[dict[str, object]] = field(default_factory=list)
     reconcile: dict[str, Any] | None = None
     mailboxes: dict[str, dict[str, object]] = field(default_factory=dict)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _to_new_job(spec: JobSpec | dict[str, Any], max_attempts: int, line: int | None) -> NewJob:
@@ -147,6 +150,7 @@ class Runtime:
         intensity: RestartIntensity | None = None,
         mailbox_size: int = 10_000,
         reconcile_hooks: Sequence[tuple[str, ReconcileHook]] = (),
+        sources: Sequence[Source] = (),
         clock: Clock | None = None,
         faults: Faults | None = None,
     ) -> None:
@@ -172,6 +176,9 @@ class Runtime:
         self.intensity = intensity or RestartIntensity(max_restarts=3, within=5.0)
         self.mailbox_size = mailbox_size
         self.reconcile_hooks = tuple(reconcile_hooks)
+        self.sources = tuple(sources)
+        if len({src.name for src in self.sources}) != len(self.sources):
+            raise ConfigError("sources need distinct names")
         self.clock: Clock = clock or SystemClock()
         self.faults = faults
         self.boot_id = uuid.uuid4().hex
@@ -270,6 +277,8 @@ class Runtime:
                 ChildSpec(id="lease-reaper", factory=self._new_reaper),
                 ChildSpec(id="pool", factory=self._new_pool, restart=Restart.TRANSIENT,
                           shutdown_timeout=self.grace + 5.0),
+                *(ChildSpec(id=f"source-{src.name}", factory=self._source_factory(src))
+                  for src in self.sources),
             ],
         )
 
@@ -277,6 +286,9 @@ class Runtime:
         await self._root.run(task_status=task_status)
 
     # --- actor factories (each call is a new incarnation) ----------------------------
+
+    def _source_factory(self, source: Source) -> Callable[[], Actor]:
+        return lambda: source.actor(self)
 
     def _new_syncer(self) -> Syncer:
         return Syncer(store=self.store, mailbox=self._syncer_mb, work=self._work_mb,
@@ -465,7 +477,12 @@ class Runtime:
             reconcile=self.reconcile_report.as_dict() if self.reconcile_report else None,
             mailboxes={mb.name: _mb_dict(mb) for mb in
                        (self._syncer_mb, self._work_mb, self._stats_mb)},
+            sources={src.name: src.status() for src in self.sources},
         )
+
+    def room(self) -> int:
+        """How many more messages the syncer's mailbox takes now without waiting."""
+        return max(0, self._syncer_mb.capacity - len(self._syncer_mb))
 
     async def report(self, *, run_id: int | None = None) -> dict[str, Any]:
         """The health report (see `syncward.report`), with this runtime's live drift."""

@@ -109,6 +109,29 @@ class Context:
         assert isinstance(result, EffectResult)
         return json.loads(result.result)
 
+    async def claim(self, namespace: str, value: str) -> str:
+        """Claim ``value`` in ``namespace`` for this job, first writer wins, across all jobs.
+
+        Returns the key of the job that holds the claim: this job's key if it is the first
+        (or already held it), another job's key otherwise — e.g. content-hash dedupe,
+        where the second identical artifact learns which job has the first.
+        Raises:
+            LeaseLost: the lease is gone; nothing was claimed.
+        """
+        key = op_key(f"claim:{namespace}", value)
+        recorded = await self._store.get_op(key)
+        if recorded is not None:
+            return str(json.loads(recorded))
+        reply: Reply[Any] = Reply()
+        text = json.dumps(self.job.key)
+        await self._syncer.send(Effect(self.job.id, self.job.fence, key, f"claim:{namespace}",
+                                       text, reply))
+        result = await reply.wait()
+        if isinstance(result, Rejected):
+            raise LeaseLost(self.job.key, result.reason)
+        assert isinstance(result, EffectResult)
+        return str(json.loads(result.result))
+
     def progress(self, done: float, total: float | None = None) -> None:
         """Report progress inside the job (shown by status; not stored)."""
         self.progress_done = done

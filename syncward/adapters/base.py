@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 
     from syncward.jobs import Job, JobState
     from syncward.messages import ApplyResult, LeaseOrder, SyncerMsg
+    from syncward.runtime import Runtime
+    from syncward.supervisor import Actor
 
-__all__ = ["JobRow", "LeaseRow", "ManifestComparison", "Store", "WorkerRow"]
+__all__ = ["JobRow", "LeaseRow", "ManifestComparison", "Source", "Store", "WorkerRow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +127,22 @@ class Store(Protocol):
     async def get_meta(self, key: str) -> str | None: ...
 
     async def aclose(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where work comes from besides `Runtime.submit`: a Redis stream, a Redis list, ...
+
+    The runtime runs each source as an actor, a child of its root supervisor started
+    after the downloader pool (so it is stopped first). ``actor(runtime)`` makes a fresh
+    incarnation on every (re)start. A source submits through ``runtime.send(Submit(...,
+    on_commit=...))`` and acknowledges upstream only from ``on_commit``, i.e. after the
+    commit; it takes no more than ``runtime.room()`` entries into local buffers at once.
+    """
+
+    name: str
+
+    def actor(self, runtime: Runtime) -> Actor: ...
+
+    def status(self) -> dict[str, Any]:
+        """JSON-serialisable state for `Runtime.status` (connected, lag, gaps, ...)."""
+        ...
