@@ -5,28 +5,51 @@ Shape (``report --json`` prints exactly this object)::
     {"counts": {"planned", "leased", "succeeded", "failed", "skipped"}, "total",
      "failures": [{"key", "identity", "attempts", "error"}],
      "rejected": [{"line", "reason"}],
-     "manifest": {"entries", "distinct", "missing": [...], "not_terminal"} | null,
+     "manifest": {"entries", "distinct", "missing": [identity, ...], "not_terminal"} | null,
      "stats_drift"}
 
-``manifest.missing`` lists manifest entries that have no job at all: the number that
-must always be zero. ``stats_drift`` is the total drift the stats-keepers have found
-between their counts and the database (must be zero as well).
+``counts``, ``total`` and ``failures`` describe the whole store (``failures`` is the
+dead-letter set, so its length is ``counts["failed"]``). ``rejected`` and ``manifest``
+describe one manifest: a recorded run's (its entries were recorded in the same
+transactions as their jobs) or a file's, compared now. ``manifest.missing`` lists the
+identities of entries that have no job at all: the number that must always be zero.
+``not_terminal`` counts distinct entries whose job is still planned or leased.
+``stats_drift`` is the total drift the stats-keepers have found between their counts and
+the database (must be zero as well).
+
+Design notes. A run records its entries as (line, job key), not identities, so a missing
+entry of a run is named by re-reading the run's source at that line (the run's options
+say how); when the source cannot be read again (stdin, a moved file) the entry is given
+as ``{"line": n}``. A file is compared as a stream: keys are checked a chunk at a time and
+distinct keys are counted in a temporary on-disk SQLite table, so neither side is held
+in memory whatever the manifest's size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from syncward.jobs import JobState
+import anyio.to_thread
+
+from syncward.adapters.manifest import Entry, Manifest, Rejection, open_manifest
+from syncward.errors import ConfigError
+from syncward.jobs import ACTIVE, JobState, job_key
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from syncward.adapters.sqlite import SQLiteStore
 
-__all__ = ["build_report", "REPORT_KEYS"]
+__all__ = ["REPORT_KEYS", "build_report", "dumps"]
 
 REPORT_KEYS = ("counts", "total", "failures", "rejected", "manifest", "stats_drift")
 _ERROR_LINE_MAX = 500
+_CHUNK = 1000
 
 
 def _first_line(error: str | None) -> str | None:
@@ -37,18 +60,25 @@ def _first_line(error: str | None) -> str | None:
 
 
 async def build_report(store: SQLiteStore, *, run_id: int | None = None,
+                       manifest: Manifest | None = None,
                        failures_limit: int | None = None) -> dict[str, Any]:
-    """Build the report for the store, comparing with run ``run_id``'s manifest if given."""
+    """Build the report, comparing with run ``run_id``'s entries or with ``manifest``.
+
+    ``manifest`` (an opened, unread manifest) is consumed; give at most one of the two.
+    Raises:
+        ValueError: both ``run_id`` and ``manifest`` were given.
+        StoreUnavailable: a read failed.
+    """
+    if run_id is not None and manifest is not None:
+        raise ValueError("compare with a run or with a manifest, not both")
     counts = await store.counts()
     failed = await store.jobs_in_state(JobState.FAILED, limit=failures_limit)
-    manifest: dict[str, Any] | None = None
+    section: dict[str, Any] | None = None
     rejected: list[dict[str, Any]] = []
     if run_id is not None:
-        cmp = await store.compare_run(run_id)
-        manifest = {"entries": cmp.entries, "distinct": cmp.distinct,
-                    "missing": cmp.missing, "not_terminal": cmp.not_terminal}
-        rejected = [{"line": r["line"], "reason": r["reason"]}
-                    for r in await store.run_rejects(run_id)]
+        section, rejected = await _compare_run(store, run_id)
+    elif manifest is not None:
+        section, rejected = await _compare_file(store, manifest)
     drift_events = await store.events(kind="stats_drift", limit=1_000_000)
     return {
         "counts": {s.value: counts[s] for s in JobState},
@@ -56,10 +86,105 @@ async def build_report(store: SQLiteStore, *, run_id: int | None = None,
         "failures": [{"key": j.key, "identity": j.identity, "attempts": j.attempts,
                       "error": _first_line(j.last_error)} for j in failed],
         "rejected": rejected,
-        "manifest": manifest,
+        "manifest": section,
         "stats_drift": sum(int(e.get("off", 0)) for e in drift_events),
     }
 
 
 def dumps(report: dict[str, Any]) -> str:
     return json.dumps(report, ensure_ascii=False, sort_keys=False)
+
+
+# --- a recorded run ----------------------------------------------------------------------
+
+
+async def _compare_run(store: SQLiteStore, run_id: int
+                       ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cmp = await store.compare_run(run_id)
+    missing: list[Any] = list(cmp.missing)
+    if missing:
+        lines = {int(m["line"]) for m in cmp.missing}
+        info = await store.run_info(run_id)
+        found = await anyio.to_thread.run_sync(_identities_at, info, lines)
+        missing = [found.get(n, {"line": n}) for n in sorted(lines)]
+    section = {"entries": cmp.entries, "distinct": cmp.distinct, "missing": missing,
+               "not_terminal": cmp.not_terminal}
+    rejected = [{"line": r["line"], "reason": r["reason"]} for r in await store.run_rejects(run_id)]
+    return section, rejected
+
+
+def _identities_at(info: dict[str, Any] | None, lines: set[int]) -> dict[int, Any]:
+    """Identities at ``lines`` of a run's source, re-read with the run's options."""
+    if info is None or info["source"] == "-":
+        return {}
+    opts = info.get("options") or {}
+    found: dict[int, Any] = {}
+    with contextlib.suppress(ConfigError, OSError):
+        with open_manifest(info["source"], fmt=opts.get("format"), key=opts.get("key")) as m:
+            for item in m:
+                if isinstance(item, Entry) and item.line in lines:
+                    found[item.line] = dict(item.spec.identity)
+                    if len(found) == len(lines):
+                        break
+    return found
+
+
+# --- a manifest file ---------------------------------------------------------------------
+
+
+@dataclass
+class _FileComparison:
+    """Thread-side half of a file comparison: reads chunks, keeps distinct keys on disk."""
+
+    items: Iterator[Any]
+    entries: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    _seen: sqlite3.Connection = field(init=False)
+
+    def __post_init__(self) -> None:
+        # "" is SQLite's private temporary on-disk database, removed when closed.
+        self._seen = sqlite3.connect("", check_same_thread=False)
+        self._seen.execute("CREATE TABLE seen (key BLOB PRIMARY KEY) WITHOUT ROWID")
+
+    def next_chunk(self) -> list[tuple[str, dict[str, Any]]] | None:
+        """The next chunk's first-seen ``(key, identity)`` pairs; None at the end."""
+        chunk = list(islice(self.items, _CHUNK))
+        if not chunk:
+            return None
+        fresh: list[tuple[str, dict[str, Any]]] = []
+        for item in chunk:
+            if isinstance(item, Rejection):
+                self.rejected.append({"line": item.line, "reason": item.reason})
+                continue
+            self.entries += 1
+            key = job_key(item.spec.identity)
+            cur = self._seen.execute("INSERT OR IGNORE INTO seen VALUES (?)",
+                                     (bytes.fromhex(key),))
+            if cur.rowcount:
+                fresh.append((key, dict(item.spec.identity)))
+        return fresh
+
+    def close(self) -> None:
+        self._seen.close()
+
+
+async def _compare_file(store: SQLiteStore, manifest: Manifest
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cmp = _FileComparison(iter(manifest))
+    distinct = not_terminal = 0
+    missing: list[dict[str, Any]] = []
+    try:
+        while (fresh := await anyio.to_thread.run_sync(cmp.next_chunk)) is not None:
+            distinct += len(fresh)
+            states = await store.key_states([k for k, _ in fresh])
+            for key, identity in fresh:
+                state = states.get(key)
+                if state is None:
+                    missing.append(identity)
+                elif state in ACTIVE:
+                    not_terminal += 1
+    finally:
+        await anyio.to_thread.run_sync(cmp.close)
+    section = {"entries": cmp.entries, "distinct": distinct, "missing": missing,
+               "not_terminal": not_terminal}
+    return section, cmp.rejected

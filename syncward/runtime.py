@@ -12,7 +12,7 @@ open the store (which takes the owner lock), reconcile (leases of earlier boots 
 at once, their workers are marked dead, adapters clean their leftovers), register this
 boot's worker from the store's atomic counter, then start the tree::
 
-    root (rest-for-one): syncer, stats-keeper, lease-reaper, pool
+    root (rest-for-one): syncer, stats-keeper, lease-reaper, checkpointer, pool
     pool (one-for-one):  downloader-1..N, lease-renewer
 
 Leaving drains: leasing stops, downloaders finish the job in hand within ``grace``
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from syncward.actors.checkpointer import Checkpointer
 from syncward.actors.downloader import Downloader, Handler
 from syncward.actors.lease_reaper import LeaseReaper
 from syncward.actors.lease_renewer import LeaseRenewer
@@ -275,6 +276,7 @@ class Runtime:
                 ChildSpec(id="stats-keeper", factory=self._new_stats_keeper,
                           before_restart=lambda: self._stats_mb.redeliver("stats-keeper")),
                 ChildSpec(id="lease-reaper", factory=self._new_reaper),
+                ChildSpec(id="checkpointer", factory=lambda: Checkpointer(store=self.store)),
                 ChildSpec(id="pool", factory=self._new_pool, restart=Restart.TRANSIENT,
                           shutdown_timeout=self.grace + 5.0),
                 *(ChildSpec(id=f"source-{src.name}", factory=self._source_factory(src))

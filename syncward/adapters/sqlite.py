@@ -120,6 +120,8 @@ class SQLiteStore:
         self._applier = BatchApplier(writer) if writer is not None else None
         self._lock = lock
         self._write_limiter = anyio.CapacityLimiter(1)
+        self._checkpoint_limiter = anyio.CapacityLimiter(1)
+        self._checkpointer: sqlite3.Connection | None = None
 
     @classmethod
     async def open(cls, url: str, *, readonly: bool = False, synchronous: str = "full",
@@ -182,6 +184,10 @@ class SQLiteStore:
                 raise SchemaTooNew(str(path), version, SCHEMA_VERSION)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            # The runtime's checkpointer copies the WAL back off the commit path; a store
+            # used without a runtime (CLI commands) checkpoints when it closes.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            conn.execute("PRAGMA cache_size = -32768")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(f"store {path} cannot be opened: {exc}") from exc
@@ -221,6 +227,22 @@ class SQLiteStore:
             )
         except sqlite3.Error as exc:
             raise StoreUnavailable("commit", exc) from exc
+
+    async def checkpoint(self) -> None:
+        """A PASSIVE WAL checkpoint on a connection of its own (never blocks the writer).
+
+        Raises:
+            StoreUnavailable: the checkpoint failed.
+        """
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(str(self.path), isolation_level=None,
+                                                 check_same_thread=False)
+        try:
+            await anyio.to_thread.run_sync(self._checkpointer.execute,
+                                           "PRAGMA wal_checkpoint(PASSIVE)",
+                                           limiter=self._checkpoint_limiter)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable("checkpoint", exc) from exc
 
     def set_max_page_count(self, pages: int) -> None:
         """Limit (or raise the limit of) the file's size, for disk-full drills."""
@@ -357,10 +379,16 @@ class SQLiteStore:
         """Close both connections and release the owner lock. Idempotent."""
         with contextlib.suppress(Exception):
             await self._reader.close()
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(checkpointer.close,
+                                               limiter=self._checkpoint_limiter)
         if self._writer is not None:
             writer, self._writer, self._applier = self._writer, None, None
             with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(writer.close, limiter=self._write_limiter)
+                await anyio.to_thread.run_sync(_checkpoint_and_close, writer,
+                                               limiter=self._write_limiter)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -405,6 +433,13 @@ class SQLiteStore:
             "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'planned' AND attempts > 0"
             " LIMIT ?)", (limit,))
         return int(rows[0][0])
+
+
+def _checkpoint_and_close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
 
 
 def _statements(script: str) -> list[str]:

@@ -1,0 +1,111 @@
+"""The progress bar of ``syncward run``: done, failed, retrying, in flight, rate, ETA.
+
+Counts come from `Runtime.stats` (the stats-keeper's committed counts, no database read),
+refreshed a few times a second. "Retrying" (planned jobs that already failed an attempt)
+is not among those counts, so it is read from the store about once a second, on a
+read-only connection of its own so that the query never delays the handlers' reads.
+The bar covers every job in the store: a resumed run starts where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from syncward.adapters.sqlite import SQLiteStore
+from syncward.errors import StoreError
+from syncward.jobs import JobState
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from rich.console import Console, RenderableType
+    from rich.progress import Task
+
+    from syncward._cli_run import Counters
+    from syncward.actors.stats_keeper import StatsSnapshot
+    from syncward.runtime import Runtime
+
+__all__ = ["show_progress"]
+
+_REFRESH = 0.25
+_RETRYING_EVERY = 1.0
+
+
+class _RateColumn(ProgressColumn):
+    """Jobs finished per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f}/s" if speed else "-/s", style="progress.data.speed")
+
+
+class _Bar(Progress):
+    """The bar on one line, the counts (done, failed, ...) on the next."""
+
+    detail = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        yield Text(self.detail, style="progress.description")
+
+
+def _terminal(snap: StatsSnapshot) -> int:
+    c = snap.counts
+    return c[JobState.SUCCEEDED] + c[JobState.SKIPPED] + c[JobState.FAILED]
+
+
+def _detail(snap: StatsSnapshot, retrying: int, counters: Counters) -> str:
+    c = snap.counts
+    text = (f"done {c[JobState.SUCCEEDED] + c[JobState.SKIPPED]:,} · "
+            f"failed {c[JobState.FAILED]:,} · retrying {retrying:,} · "
+            f"in flight {c[JobState.LEASED]:,}")
+    if not counters.submitted_all:
+        text += f" · read {counters.entries + counters.rejected:,} lines"
+    return text
+
+
+async def show_progress(rt: Runtime, db: str, counters: Counters, console: Console) -> None:
+    """Show the bar until cancelled (it is removed then; the summary follows)."""
+    try:
+        reader: SQLiteStore | None = await SQLiteStore.open(db, readonly=True)
+    except StoreError:
+        reader = None
+    try:
+        await _loop(rt, reader, counters, console)
+    finally:
+        if reader is not None:
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()
+
+
+async def _loop(rt: Runtime, reader: SQLiteStore | None, counters: Counters,
+                console: Console) -> None:
+    columns = (TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with _Bar(*columns, console=console, transient=True, refresh_per_second=4) as bar:
+        snap = rt.stats()
+        task = bar.add_task("jobs", total=snap.total, completed=_terminal(snap))
+        retrying, asked = 0, 0.0
+        while True:
+            snap = rt.stats()
+            if reader is not None and time.monotonic() - asked >= _RETRYING_EVERY:
+                asked = time.monotonic()
+                try:
+                    retrying = await reader.retrying_count()
+                except StoreError:
+                    pass
+            bar.detail = _detail(snap, retrying, counters)
+            bar.update(task, total=snap.total, completed=_terminal(snap))
+            await anyio.sleep(_REFRESH)
