@@ -1,0 +1,24 @@
+"""The stress harnesses hold their invariants (small sizes; the full runs are manual)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_stress_harness_invariants_hold_under_injected_crashes(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "stress.py"), "--jobs", "3000",
+         "--db", str(tmp_path / "stress.db")],
+        capture_output=True, text=True, timeout=120, check=False)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, result
+    assert all(result["invariants"].values()), result
+    assert result["counts"]["succeeded"] + result["counts"]["failed"] == 3000
