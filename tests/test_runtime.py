@@ -349,3 +349,28 @@ async def test_timeout_is_retried_and_result_must_be_json(tmp_path: Path) -> Non
             await rt.join()
     got = dict(rows(tmp_path, "SELECT json_extract(identity, '$.id'), state FROM jobs"))
     assert got == {"slow": "succeeded", "bad": "failed"}
+
+
+async def test_a_commit_failure_that_persists_escalates_with_its_cause(tmp_path: Path) -> None:
+    config = SyncerConfig(idle_poll=0.01, retry_initial=0.001, retry_max=0.005,
+                          escalate_after=0.05)
+
+    async def run() -> None:
+        async with Runtime(noop, store=url(tmp_path), syncer=config,
+                           intensity=RestartIntensity(max_restarts=1, within=60.0)) as rt:
+            (pages,) = rows(tmp_path, "PRAGMA page_count")[0]
+            rt.store.set_max_page_count(pages)  # the disk is full from now on
+            await rt.submit({"id": i, "blob": "x" * 2000} for i in range(200))
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(20), pytest.raises(SupervisorGaveUp) as info:
+        await run()
+    chain = []
+    exc: BaseException | None = info.value
+    while exc is not None:
+        chain.append(type(exc).__name__)
+        exc = exc.__cause__
+    assert chain[:2] == ["SupervisorGaveUp", "CommitFailing"]
+    assert "StoreUnavailable" in chain
+    assert "full" in str(info.value.__cause__)
+    assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(0,)]  # nothing half-written
