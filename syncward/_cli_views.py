@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from syncward.actors.publisher import status_path
 from syncward.adapters.sqlite import SQLiteStore
 from syncward.jobs import JobState
 
@@ -97,6 +98,17 @@ def _last_write(path: Path) -> float | None:
     return max(times) if times else None
 
 
+def _published(path: Path, live_boot: str | None) -> dict[str, Any] | None:
+    """The running runtime's own status file (syncer health, restarts), if it is this boot's."""
+    if live_boot is None:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(status_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("boot_id") == live_boot else None
+
+
 async def collect_status(url: str, path: Path) -> dict[str, Any]:
     """The status of the store at ``url`` as a JSON-ready dict (read-only; no lock taken)."""
     store = await SQLiteStore.open(url, readonly=True)
@@ -116,6 +128,7 @@ async def collect_status(url: str, path: Path) -> dict[str, Any]:
         await store.aclose()
     owner = _owner(path)
     live_boot = owner.get("boot_id") if owner and owner.get("alive") is not False else None
+    published = _published(path, live_boot)
     return {
         "store": str(path),
         "owner": owner,
@@ -133,7 +146,9 @@ async def collect_status(url: str, path: Path) -> dict[str, Any]:
             for w in workers],
         "last_reconcile": json.loads(reconcile) if reconcile else None,
         "syncer": {"running": bool(owner and owner.get("alive") is not False),
-                   "last_commit_at": _last_write(path)},
+                   "last_commit_at": _last_write(path),
+                   **(published.get("syncer", {}) if published else {})},
+        "runtime": published,
         "restarts": {"total": len(restarts), "recent": restarts[:5]},
         "stats_drift": sum(int(e.get("off", 0)) for e in drift),
         "latest_run": run,
@@ -159,9 +174,14 @@ def render_status(console: Console, st: dict[str, Any]) -> None:
     _render_leases(console, st["active_leases"], now)
     _render_workers(console, st["workers"], now)
     syncer = st["syncer"]
-    console.print(f"[bold]Syncer[/]: {'running' if syncer['running'] else 'not running'}; "
-                  f"last commit {_ago(syncer['last_commit_at'], now)} (file time; a running "
-                  "syncer's current error is in its process's log)")
+    line = (f"[bold]Syncer[/]: {'running' if syncer['running'] else 'not running'}; "
+            f"last commit {_ago(syncer['last_commit_at'], now)}")
+    if "commits" in syncer:
+        line += f"; {syncer['commits']:,} commits, {syncer['rejected']:,} rejected messages"
+    console.print(line)
+    if syncer.get("error"):
+        console.print(f"  [bold red]failing[/] since {_when(syncer.get('error_since'))} "
+                      f"({syncer.get('retries')} retries): {syncer['error']}")
     restarts = st["restarts"]
     console.print(f"[bold]Restarts[/]: {restarts['total']}")
     for r in restarts["recent"]:

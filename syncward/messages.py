@@ -44,6 +44,7 @@ __all__ = [
     "Requeue",
     "RegisterWorker",
     "RunRejects",
+    "SetMeta",
     "Stage",
     "StartRun",
     "Submit",
@@ -268,6 +269,20 @@ class RecordEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SetMeta:
+    """Write one key of the store's metadata; the reply is the value stored after commit.
+
+    With ``only_if_absent`` a value already there is kept (and is the reply), so applying
+    it twice, or after another writer, gives the first value.
+    """
+
+    key: str
+    value: str
+    only_if_absent: bool = False
+    reply: Reply[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StartRun:
     """Record a run; ``token`` (unique) makes a redelivered StartRun return the same id."""
 
@@ -299,6 +314,7 @@ class ReconcileReport:
     leases_requeued: int = 0
     leases_failed: int = 0
     workers_marked_dead: tuple[str, ...] = ()
+    runs_interrupted: int = 0
     lost: tuple[str, ...] = ()  # "job <key>: lease lost at stage X, attempt n" (first few)
     adapters: Mapping[str, Any] = field(default_factory=dict)
 
@@ -310,6 +326,7 @@ class ReconcileReport:
             "leases_requeued": self.leases_requeued,
             "leases_failed": self.leases_failed,
             "workers_marked_dead": list(self.workers_marked_dead),
+            "runs_interrupted": self.runs_interrupted,
             "lost": list(self.lost),
             "adapters": dict(self.adapters),
         }
@@ -341,6 +358,7 @@ SyncerMsg: TypeAlias = (
     | RunRejects
     | FinishRun
     | Reconcile
+    | SetMeta
 )
 
 

@@ -12,7 +12,8 @@ open the store (which takes the owner lock), reconcile (leases of earlier boots 
 at once, their workers are marked dead, adapters clean their leftovers), register this
 boot's worker from the store's atomic counter, then start the tree::
 
-    root (rest-for-one): syncer, stats-keeper, lease-reaper, checkpointer, pool
+    root (rest-for-one): syncer, stats-keeper, lease-reaper, checkpointer,
+                         status-publisher, pool, sources...
     pool (one-for-one):  downloader-1..N, lease-renewer
 
 Leaving drains: leasing stops, downloaders finish the job in hand within ``grace``
@@ -40,6 +41,7 @@ from syncward.actors.lease_reaper import LeaseReaper
 from syncward.actors.lease_renewer import LeaseRenewer
 from syncward.actors.mailbox import Mailbox
 from syncward.actors.pool import DownloaderPool
+from syncward.actors.publisher import StatusPublisher, status_path
 from syncward.actors.stats_keeper import Stats, StatsKeeper, StatsSnapshot
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
 from syncward.adapters.sqlite import SQLiteStore
@@ -277,6 +279,8 @@ class Runtime:
                           before_restart=lambda: self._stats_mb.redeliver("stats-keeper")),
                 ChildSpec(id="lease-reaper", factory=self._new_reaper),
                 ChildSpec(id="checkpointer", factory=lambda: Checkpointer(store=self.store)),
+                ChildSpec(id="status-publisher", factory=lambda: StatusPublisher(
+                    path=status_path(self.store.path), snapshot=self._published)),
                 ChildSpec(id="pool", factory=self._new_pool, restart=Restart.TRANSIENT,
                           shutdown_timeout=self.grace + 5.0),
                 *(ChildSpec(id=f"source-{src.name}", factory=self._source_factory(src))
@@ -481,6 +485,13 @@ class Runtime:
                        (self._syncer_mb, self._work_mb, self._stats_mb)},
             sources={src.name: src.status() for src in self.sources},
         )
+
+    def _published(self) -> dict[str, Any]:
+        st = self.status()
+        return {"at": self.clock.now(), "pid": os.getpid(), "worker": st.worker,
+                "boot_id": st.boot_id, "syncer": st.syncer, "restarts": st.restarts[-20:],
+                "restarts_total": len(st.restarts), "mailboxes": st.mailboxes,
+                "sources": st.sources, "stats": st.stats.as_dict()}
 
     def room(self) -> int:
         """How many more messages the syncer's mailbox takes now without waiting."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -119,7 +119,7 @@ class SyncerHealth:
         self.changed.set()
         self.changed = anyio.Event()
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "commits": self.commits, "messages": self.messages, "rejected": self.rejected,
             "last_commit_at": self.last_commit_at, "error": self.error,

@@ -38,6 +38,7 @@ from syncward.messages import (
     Renew,
     Requeue,
     RunRejects,
+    SetMeta,
     Stage,
     StartRun,
     Submit,
@@ -229,6 +230,15 @@ class BatchApplier:
                     (msg.status, self._now, msg.run_id),
                 )
                 return ACCEPTED
+            case SetMeta():
+                self.conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
+                    + ("NOTHING" if msg.only_if_absent else "UPDATE SET value = excluded.value"),
+                    (msg.key, msg.value),
+                )
+                (value,) = self.conn.execute(
+                    "SELECT value FROM meta WHERE key = ?", (msg.key,)).fetchone()
+                return str(value)
             case _:
                 raise AssertionError(f"unhandled message {type(msg).__name__}")
 
@@ -469,10 +479,14 @@ class BatchApplier:
         conn.executemany(
             "UPDATE workers SET status = 'dead' WHERE name = ?", [(n,) for n in dead]
         )
+        # Runs still "running" belonged to an earlier boot (this one has started none yet).
+        interrupted = conn.execute(
+            "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE status = 'running'",
+            (self._now,)).rowcount
         report = ReconcileReport(
             boot_id=msg.boot_id, at=self._now, dry_run=msg.dry_run,
             leases_requeued=requeued, leases_failed=failed,
-            workers_marked_dead=tuple(dead), lost=tuple(lost),
+            workers_marked_dead=tuple(dead), lost=tuple(lost), runs_interrupted=interrupted,
         )
         if not msg.dry_run:
             conn.execute(
