@@ -110,6 +110,11 @@ async def run(db: Path, jobs: int, seed: int) -> dict[str, Any]:
         await rt.join()
         elapsed = time.perf_counter() - start
         faults.disarm()
+        # A crash that fired just before the disarm is restarted a moment later.
+        with anyio.move_on_after(5):
+            while len({(r["supervisor"], r["actor"], r["count"]) for r in rt.restarts
+                       if r["kind"] == "restarted"}) < sum(faults.fired.values()):
+                await anyio.sleep(0.01)
         await rt.wait(lambda s: True)
         stats = rt.stats()
         restarts = len([r for r in rt.restarts if r["kind"] == "restarted"])
