@@ -493,6 +493,14 @@ class Runtime:
                 "restarts_total": len(st.restarts), "mailboxes": st.mailboxes,
                 "sources": st.sources, "stats": st.stats.as_dict()}
 
+    def pause(self) -> None:
+        """Stop leasing: jobs in hand run on, no new ones start (submits still commit)."""
+        self._control.enabled = False
+
+    def resume(self) -> None:
+        """Lease again after `pause`."""
+        self._control.enabled = True
+
     def room(self) -> int:
         """How many more messages the syncer's mailbox takes now without waiting."""
         return max(0, self._syncer_mb.capacity - len(self._syncer_mb))

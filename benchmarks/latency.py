@@ -1,0 +1,80 @@
+"""Submit-to-commit latency at half of the peak submit rate.
+
+First the peak: 64 producers submit one job at a time as fast as commits allow, for a
+few seconds. Then a pacer starts one single-job submit every 1/(peak/2) seconds, each in
+its own task, and records how long each took to return (it returns after the commit).
+Lines: ``latency.submit_peak`` (jobs/s), ``latency.submit_p50`` and ``latency.submit_p99``
+(ms). Durable SQLite (synchronous FULL); no handler work is leased (leasing paused).
+
+Run: python -m benchmarks.latency [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from benchmarks._common import emit, timed
+from syncward import Runtime
+
+
+async def noop(job: Any, ctx: Any) -> None:
+    return None
+
+
+async def measure(path: Path, seconds: float) -> None:
+    async with Runtime(noop, store=f"sqlite:///{path}", concurrency=1) as rt:
+        rt.pause()  # measure the commit path alone: no job is leased
+        counter = iter(range(10**9))
+        done = 0
+
+        async def producer(deadline: float) -> None:
+            nonlocal done
+            while timed() < deadline:
+                await rt.submit([{"id": next(counter)}])
+                done += 1
+
+        start = timed()
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(producer, start + seconds)
+        peak = done / (timed() - start)
+        emit("latency.submit_peak", peak, "jobs/s", producers=64)
+
+        latencies: list[float] = []
+
+        async def one() -> None:
+            t0 = timed()
+            await rt.submit([{"id": next(counter)}])
+            latencies.append(timed() - t0)
+
+        interval = 1 / (peak / 2)
+        async with anyio.create_task_group() as tg:
+            next_at = timed()
+            end = next_at + seconds
+            while next_at < end:
+                tg.start_soon(one)
+                next_at += interval
+                await anyio.sleep(max(0.0, next_at - timed()))
+        latencies.sort()
+        p50 = statistics.median(latencies) * 1000
+        p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+        emit("latency.submit_p50", p50, "ms", rate=round(peak / 2), samples=len(latencies))
+        emit("latency.submit_p99", p99, "ms", rate=round(peak / 2), samples=len(latencies))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        anyio.run(measure, Path(tmp) / "jobs.db", args.seconds)
+
+
+if __name__ == "__main__":
+    main()
