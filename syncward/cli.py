@@ -28,6 +28,7 @@ from syncward._cli_common import (
     require_store_file,
     run_async,
 )
+from syncward._cli_redis import RedisRunOptions, is_redis_source, run_redis
 from syncward._cli_run import RunConfig, execute, exit_code, prepare
 from syncward._cli_views import (
     collect_status,
@@ -118,6 +119,9 @@ def cli() -> None:
 @click.option("--strict", is_flag=True,
               help="Check every manifest line first; any bad line refuses the whole run "
                    "(exit 2) before any work starts.")
+@click.option("--until-empty", is_flag=True,
+              help="redis:// SOURCE: stop once it is drained and every job has finished "
+                   "(a manifest always runs until done).")
 @click.option("--no-progress", is_flag=True,
               help="No progress bar (it is only shown when stdout is a terminal).")
 @_json_option
@@ -126,7 +130,8 @@ def cli() -> None:
 @guard
 def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
         lease_seconds: float, job_timeout: float, grace: float, key: str | None,
-        fmt: str | None, strict: bool, no_progress: bool, as_json: bool, loop: str) -> None:
+        fmt: str | None, strict: bool, until_empty: bool, no_progress: bool, as_json: bool,
+        loop: str) -> None:
     """Run every job of the manifest SOURCE (a file, or - for stdin) through TARGET.
 
     \b
@@ -148,7 +153,20 @@ def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
 
     At the end: a summary table, or with --json the report object (as `syncward report
     --json --run ID`).
+
+    SOURCE may also be redis://HOST:PORT/DB?stream=NAME&group=G (a Redis stream read
+    through a consumer group) or redis://HOST:PORT/DB?list=NAME (a Redis list, drained
+    without loss); it runs until stopped (exit 3), or with --until-empty until drained.
     """
+    if is_redis_source(source):
+        if key or fmt or strict:
+            raise ConfigError("--key, --format and --strict apply to manifests, not to "
+                              "redis:// sources")
+        run_redis(RedisRunOptions(
+            source=source, handler=handler, db=db, concurrency=concurrency,
+            max_attempts=max_attempts, lease_seconds=lease_seconds,
+            job_timeout=job_timeout or None, grace=grace, until_empty=until_empty,
+            progress=not no_progress, as_json=as_json, loop=loop))
     cfg = RunConfig(
         source=source, handler=handler, db=db, format=fmt, key=_split_key(key),
         concurrency=concurrency, max_attempts=max_attempts, lease_seconds=lease_seconds,
