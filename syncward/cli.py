@@ -373,5 +373,10 @@ def main() -> None:
         fail("interrupted", ExitCode.INTERRUPTED)
 
 
+from syncward._cli_demo import demo  # noqa: E402
+
+cli.add_command(demo)
+
+
 if __name__ == "__main__":
     main()
