@@ -22,8 +22,10 @@ import importlib
 import importlib.util
 import inspect
 import os
+import signal
 import sqlite3
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from syncward.actors.downloader import Handler
+    from syncward.runtime import Runtime
 
 __all__ = [
     "DEFAULT_DB",
@@ -233,3 +236,43 @@ def _load_file(path: Path) -> Any:
         raise ConfigError(f"loading handler file {path} failed: "
                           f"{type(exc).__name__}: {exc}") from None
     return module
+
+
+@dataclass
+class Interrupt:
+    """SIGINT/SIGTERM for long-running commands: the first signal cancels ``body`` (a
+    drained stop: in-flight jobs get the grace period), the second kills the runtime."""
+
+    stopping: str = "in-flight jobs get a grace period to finish"
+    count: int = 0
+    runtime: Runtime | None = None
+    body: anyio.CancelScope | None = None
+
+    def attach(self, runtime: Runtime, body: anyio.CancelScope) -> None:
+        self.runtime, self.body = runtime, body
+        self._act()
+
+    @property
+    def killed(self) -> bool:
+        return self.count >= 2
+
+    async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Receive signals until cancelled; call with ``task_group.start``."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                self.count += 1
+                name = signal.Signals(signum).name
+                if self.count == 1:
+                    click.echo(f"syncward: {name}: stopping; {self.stopping} (send it again "
+                               "to stop at once)", err=True)
+                elif self.count == 2:
+                    click.echo(f"syncward: {name} again: stopping now", err=True)
+                self._act()
+
+    def _act(self) -> None:
+        if self.count and self.body is not None:
+            self.body.cancel()
+        if self.killed and self.runtime is not None:
+            self.runtime.kill()

@@ -27,7 +27,6 @@ runtime at once, as a crash would.
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +36,14 @@ import anyio
 import click
 from rich.console import Console
 
-from syncward._cli_common import ExitCode, RunAborted, check_db_dir, load_handler, run_async
+from syncward._cli_common import (
+    ExitCode,
+    Interrupt,
+    RunAborted,
+    check_db_dir,
+    load_handler,
+    run_async,
+)
 from syncward._cli_progress import show_progress
 from syncward._cli_run import Counters
 from syncward._cli_views import render_report
@@ -147,7 +153,8 @@ async def _execute(opts: RedisRunOptions, handler: Handler,
                    ) -> tuple[ExitCode, dict[str, Any]]:
     await _preflight(src)
     started = time.monotonic()
-    stop = _Signals()
+    stop = Interrupt(stopping="what was read is committed and acknowledged, in-flight "
+                              "jobs get a grace period")
     finished = False
     runtime = Runtime(handler, store=opts.db, concurrency=opts.concurrency,
                       max_attempts=opts.max_attempts, lease_seconds=opts.lease_seconds,
@@ -214,40 +221,6 @@ async def _final_report(db: str) -> dict[str, Any]:
         return await build_report(store)
     finally:
         await store.aclose()
-
-
-@dataclass
-class _Signals:
-    """The first SIGINT/SIGTERM cancels the body (a drained stop); the second kills."""
-
-    count: int = 0
-    runtime: Runtime | None = None
-    body: anyio.CancelScope | None = None
-
-    def attach(self, runtime: Runtime, body: anyio.CancelScope) -> None:
-        self.runtime, self.body = runtime, body
-        self._act()
-
-    async def watch(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                    ) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
-            async for signum in signals:
-                self.count += 1
-                name = signal.Signals(signum).name
-                if self.count == 1:
-                    click.echo(f"syncward: {name}: stopping; what was read is committed and "
-                               "acknowledged, in-flight jobs get a grace period (send it "
-                               "again to stop at once)", err=True)
-                else:
-                    click.echo(f"syncward: {name} again: stopping now", err=True)
-                self._act()
-
-    def _act(self) -> None:
-        if self.count and self.body is not None:
-            self.body.cancel()
-        if self.count >= 2 and self.runtime is not None:
-            self.runtime.kill()
 
 
 def _render(console: Console, opts: RedisRunOptions, report: dict[str, Any], code: int) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import click
 
-from syncward._cli_common import ExitCode, RunAborted, check_db_dir, load_handler
+from syncward._cli_common import ExitCode, Interrupt, RunAborted, check_db_dir, load_handler
 from syncward._cli_feed import ManifestFeed
 from syncward._cli_progress import show_progress
 from syncward.adapters.manifest import STDIN, Entry, Manifest, Rejection, open_manifest
@@ -183,48 +182,6 @@ def exit_code(outcome: RunOutcome) -> ExitCode:
 # --- signals -----------------------------------------------------------------------------
 
 
-@dataclass
-class _Interrupt:
-    """Signals received so far and what they act on."""
-
-    count: int = 0
-    runtime: Runtime | None = None
-    body: anyio.CancelScope | None = None
-
-    def attach(self, runtime: Runtime, body: anyio.CancelScope) -> None:
-        self.runtime, self.body = runtime, body
-        self._act()
-
-    def received(self, signum: int) -> None:
-        self.count += 1
-        name = signal.Signals(signum).name
-        if self.count == 1:
-            click.echo(f"syncward: {name}: stopping; in-flight jobs get a grace period "
-                       "to finish (send it again to stop at once)", err=True)
-        elif self.count == 2:
-            click.echo(f"syncward: {name} again: stopping now", err=True)
-        self._act()
-
-    @property
-    def killed(self) -> bool:
-        return self.count >= 2
-
-    def _act(self) -> None:
-        if self.count and self.body is not None:
-            self.body.cancel()
-        if self.killed and self.runtime is not None:
-            self.runtime.kill()
-
-
-async def _watch_signals(interrupt: _Interrupt, *,
-                         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                         ) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            interrupt.received(signum)
-
-
 # --- the run -----------------------------------------------------------------------------
 
 
@@ -235,9 +192,9 @@ async def execute(cfg: RunConfig, prepared: Prepared, console: Console | None) -
         StoreLocked, SchemaTooNew, StoreError: the store could not be opened (nothing done).
         RunAborted: the runtime stopped on an error after work had started.
     """
-    interrupt = _Interrupt()
+    interrupt = Interrupt()
     async with anyio.create_task_group() as tg:
-        await tg.start(_watch_signals, interrupt)
+        await tg.start(interrupt.watch)
         try:
             outcome = await _run(cfg, prepared, interrupt, console)
         finally:
@@ -245,7 +202,7 @@ async def execute(cfg: RunConfig, prepared: Prepared, console: Console | None) -
     return outcome
 
 
-async def _run(cfg: RunConfig, prepared: Prepared, interrupt: _Interrupt,
+async def _run(cfg: RunConfig, prepared: Prepared, interrupt: Interrupt,
                console: Console | None) -> RunOutcome:
     started = time.monotonic()
     counters = Counters()
