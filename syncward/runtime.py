@@ -46,7 +46,7 @@ from syncward.actors.stats_keeper import Stats, StatsKeeper, StatsSnapshot
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
 from syncward.adapters.sqlite import SQLiteStore
 from syncward.clock import Clock, SystemClock
-from syncward.errors import ConfigError, SupervisorGaveUp
+from syncward.errors import ConfigError, InvalidJob, SupervisorGaveUp
 from syncward.jobs import Job, JobSpec, canonical_identity, job_key
 from syncward.messages import (
     FinishRun,
@@ -118,12 +118,36 @@ def _to_new_job(spec: JobSpec | dict[str, Any], max_attempts: int, line: int | N
 
     if isinstance(spec, dict):
         spec = JobSpec(identity=spec)
+    _check_limits(spec)
     return NewJob(
         key=job_key(spec.identity), identity=canonical_identity(spec.identity),
         payload=json.dumps(dict(spec.payload)),
         max_attempts=spec.max_attempts if spec.max_attempts is not None else max_attempts,
         lease_seconds=spec.lease_seconds, timeout=spec.timeout, line=line,
     )
+
+
+_MAX_ATTEMPTS_LIMIT = 1_000_000
+_SECONDS_LIMIT = 366 * 24 * 3600.0
+
+
+def _check_limits(spec: JobSpec) -> None:
+    """Per-job overrides within sane bounds (a value SQLite cannot store is refused here).
+
+    Raises:
+        InvalidJob: naming the field.
+    """
+    if spec.max_attempts is not None and (
+            isinstance(spec.max_attempts, bool) or not isinstance(spec.max_attempts, int)
+            or not 1 <= spec.max_attempts <= _MAX_ATTEMPTS_LIMIT):
+        raise InvalidJob(f"must be an int from 1 to {_MAX_ATTEMPTS_LIMIT}, "
+                         f"got {spec.max_attempts!r}", field="max_attempts")
+    for name in ("lease_seconds", "timeout"):
+        value = getattr(spec, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not 0 < value <= _SECONDS_LIMIT):
+            raise InvalidJob(f"must be a number of seconds in (0, {_SECONDS_LIMIT:g}], "
+                             f"got {value!r}", field=name)
 
 
 class Runtime:
@@ -268,6 +292,7 @@ class Runtime:
         self._work_mb: Mailbox[Job] = Mailbox("work", self.concurrency + self.prefetch)
         self._stats_mb: Mailbox[StatsUpdate] = Mailbox("stats", self.mailbox_size)
         self._pool: DownloaderPool | None = None
+        self._downloaders: dict[str, Downloader] = {}
         self._root = Supervisor(
             name="root", strategy=RestartStrategy.REST_FOR_ONE, intensity=self.intensity,
             clock=self.clock, on_event=self._on_event,
@@ -311,13 +336,14 @@ class Runtime:
                            every=self.reap_every, faults=self.faults)
 
     def _new_pool(self) -> DownloaderPool:
-        children = [
+        # The renewer starts first so that it stops last: jobs finishing in the grace
+        # period keep their leases alive.
+        children = [ChildSpec(id="lease-renewer", factory=self._new_renewer)]
+        children.extend(
             ChildSpec(id=f"downloader-{i}", factory=self._downloader_factory(f"downloader-{i}"),
                       restart=Restart.TRANSIENT, shutdown_timeout=self.grace,
                       before_restart=self._redeliver(f"downloader-{i}"))
-            for i in range(1, self.concurrency + 1)
-        ]
-        children.append(ChildSpec(id="lease-renewer", factory=self._new_renewer))
+            for i in range(1, self.concurrency + 1))
         inner = Supervisor(name="pool", children=children, strategy=RestartStrategy.ONE_FOR_ONE,
                            intensity=self.intensity, clock=self.clock, on_event=self._on_event)
         self._pool = DownloaderPool(supervisor=inner, work=self._work_mb,
@@ -329,15 +355,17 @@ class Runtime:
 
     def _downloader_factory(self, name: str) -> Any:
         def factory() -> Downloader:
-            return Downloader(name=name, handler=self.handler, work=self._work_mb,
-                              syncer=self._syncer_mb, store=self.store, clock=self.clock,
-                              retry=self.retry, default_timeout=self.job_timeout,
-                              faults=self.faults)
+            downloader = Downloader(name=name, handler=self.handler, work=self._work_mb,
+                                    syncer=self._syncer_mb, store=self.store, clock=self.clock,
+                                    retry=self.retry, default_timeout=self.job_timeout,
+                                    faults=self.faults)
+            self._downloaders[name] = downloader
+            return downloader
         return factory
 
     def _new_renewer(self) -> LeaseRenewer:
         return LeaseRenewer(work=self._work_mb, syncer=self._syncer_mb, clock=self.clock,
-                            default_lease_seconds=self.lease_seconds)
+                            default_lease_seconds=self.lease_seconds, control=self._control)
 
     def _on_event(self, event: SupervisorEvent) -> None:
         if event.kind not in ("restarted", "gave_up"):
@@ -364,6 +392,8 @@ class Runtime:
         self._control.pause()
         pool = self._pool
         if pool is not None and not pool.stopped.is_set():
+            for downloader in self._downloaders.values():  # all at once: one grace period
+                downloader.request_stop()
             pool.request_stop()
             with anyio.move_on_after(self.grace + 10.0):
                 await pool.stopped.wait()

@@ -12,7 +12,9 @@ import pytest
 
 from syncward import (
     Context,
+    InvalidJob,
     Job,
+    JobSpec,
     JobState,
     Permanent,
     RestartIntensity,
@@ -23,6 +25,8 @@ from syncward import (
     SupervisorGaveUp,
     SyncerConfig,
 )
+from syncward.jobs import canonical_identity, job_key
+from syncward.messages import NewJob, Reply, Submit, SubmitResult
 from syncward.testing import FakeClock, Faults
 
 QUICK = SyncerConfig(idle_poll=0.01, retry_initial=0.001, retry_max=0.01)
@@ -374,3 +378,101 @@ async def test_a_commit_failure_that_persists_escalates_with_its_cause(tmp_path:
     assert "StoreUnavailable" in chain
     assert "full" in str(info.value.__cause__)
     assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(0,)]  # nothing half-written
+
+
+# --- regressions found in review ----------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_job_with_a_lease_shorter_than_the_default_is_renewed(tmp_path: Path) -> None:
+    runs = 0
+
+    async def slow(job: Job, ctx: Context) -> str:
+        nonlocal runs
+        runs += 1
+        await anyio.sleep(1.0)  # three times its own lease
+        return "done"
+
+    with anyio.fail_after(10):
+        async with Runtime(slow, store=url(tmp_path), syncer=QUICK, lease_seconds=60.0,
+                           reap_every=0.05) as rt:
+            await rt.submit([JobSpec({"id": 1}, lease_seconds=0.3)])
+            await rt.join()
+    assert runs == 1
+    assert rows(tmp_path, "SELECT state, attempts FROM jobs") == [("succeeded", 1)]
+    assert rows(tmp_path, "SELECT count(*) FROM rejections") == [(0,)]
+
+
+@pytest.mark.slow
+async def test_jobs_finishing_in_the_grace_period_keep_their_leases(tmp_path: Path) -> None:
+    started = anyio.Event()
+
+    async def slow(job: Job, ctx: Context) -> str:
+        started.set()
+        await anyio.sleep(0.8)  # outlives its 0.3 s lease, inside the 5 s grace period
+        return "done"
+
+    with anyio.fail_after(10):
+        async with Runtime(slow, store=url(tmp_path), syncer=QUICK, lease_seconds=0.3,
+                           reap_every=0.05, grace=5.0) as rt:
+            await rt.submit([{"id": 1}])
+            await started.wait()
+    assert rows(tmp_path, "SELECT state, attempts FROM jobs") == [("succeeded", 1)]
+
+
+async def test_leaving_asks_every_downloader_to_stop_at_once(tmp_path: Path) -> None:
+    running = 0
+    all_running = anyio.Event()
+    leaving = False
+    started_after_leaving = 0
+
+    async def handler(job: Job, ctx: Context) -> None:
+        nonlocal running, started_after_leaving
+        started_after_leaving += leaving
+        running += 1
+        if running == 3:
+            all_running.set()
+        await anyio.sleep(0.05)
+
+    with anyio.fail_after(10):
+        async with Runtime(handler, store=url(tmp_path), syncer=QUICK, concurrency=3,
+                           prefetch=20) as rt:
+            await rt.submit({"id": i} for i in range(30))
+            await all_running.wait()
+            leaving = True
+    assert started_after_leaving == 0
+    assert rows(tmp_path, "SELECT count(*) FROM jobs WHERE state = 'leased'") == [(0,)]
+
+
+async def test_out_of_range_job_limits_are_refused_clearly(tmp_path: Path) -> None:
+    with anyio.fail_after(10):
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK) as rt:
+            with pytest.raises(InvalidJob, match="max_attempts"):
+                await rt.submit([JobSpec({"id": 1}, max_attempts=2**70)])
+            with pytest.raises(InvalidJob, match="timeout"):
+                await rt.submit([JobSpec({"id": 2}, timeout=-1)])
+
+
+async def test_a_message_the_store_cannot_apply_is_refused_alone(tmp_path: Path) -> None:
+    poison = NewJob(key=job_key({"id": "poison"}), identity='{"id":"poison"}', payload="{}",
+                    max_attempts=2**70)  # past SQLite's integers: the insert raises
+    with anyio.fail_after(10):
+        async with Runtime(noop, store=url(tmp_path), syncer=QUICK) as rt:
+            bad: Reply[SubmitResult] = Reply()
+            good: Reply[SubmitResult] = Reply()
+            rt.pause()
+            await rt.send(Submit((poison,), reply=bad))
+            await rt.send(Submit((_new({"id": "good"}),), reply=good))
+            rt.resume()
+            assert (await good.wait()).new == 1
+            with pytest.raises(OverflowError):
+                await bad.wait()
+            await rt.join()
+            assert rt.restarts == []
+    assert rows(tmp_path, "SELECT json_extract(identity, '$.id'), state FROM jobs") == [
+        ("good", "succeeded")]
+
+
+def _new(identity: dict[str, Any]) -> NewJob:
+    return NewJob(key=job_key(identity), identity=canonical_identity(identity), payload="{}",
+                  max_attempts=3)

@@ -22,6 +22,7 @@ from syncward.messages import (
     Outcome,
     OutcomeKind,
     ReapExpired,
+    Recount,
     Rejected,
     Reply,
     Submit,
@@ -294,3 +295,29 @@ async def test_group_commit_takes_many_messages_per_transaction(tmp_path: Path, 
             await last.wait()
             assert rig.health.messages == n + 1
             assert rig.health.commits <= 1 + (n + 1) // FAST.max_batch + 1
+
+
+async def test_a_reset_recount_behind_a_periodic_one_still_resets(tmp_path: Path) -> None:
+    with anyio.fail_after(5):
+        async with syncer_rig(tmp_path / "jobs.db", leasing=False) as rig:
+            await rig.submit([new_job(1)])
+            rig.mailbox.send_nowait(Recount())  # the periodic one of the old stats-keeper
+            rig.mailbox.send_nowait(Recount(reset=True))  # the new incarnation's
+            last: Reply[SubmitResult] = Reply()
+            rig.mailbox.send_nowait(Submit((), reply=last))
+            await last.wait()
+            updates = rig.stats.pending()
+    with_counts = [u for u in updates if u.counts is not None]
+    assert len(with_counts) == 1
+    assert with_counts[0].reset
+    assert with_counts[0].counts is not None
+    assert with_counts[0].counts[JobState.PLANNED] == 1
+
+
+async def test_leases_granted_after_the_downloaders_stopped_are_released(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    with anyio.fail_after(5):
+        async with syncer_rig(db, work_capacity=3) as rig:
+            rig.work.close()  # the pool has stopped; a commit now leases jobs nobody runs
+            await rig.submit([new_job(i) for i in range(3)])
+    assert set(db_rows(db).values()) == {("planned", 0, 1)}

@@ -4,6 +4,8 @@ Owns: the renewal times it has sent (lost on restart, which only makes the next
 renewal come early). Reads the work mailbox's pending jobs (queued for a downloader or
 in a downloader's hands) — exactly the leases this process holds — and, on each tick,
 sends one batched `Renew` to the syncer for those past a third of their own lease time.
+It sleeps a third of the shortest lease it holds (or of the default), and is woken early
+when the syncer hands out a job whose lease is shorter than the default.
 A handler that blocks or runs long cannot starve renewal, and each job is renewed by its
 own ``lease_seconds``, not by one global maximum.
 """
@@ -18,6 +20,7 @@ from syncward.messages import Renew, SyncerMsg
 
 if TYPE_CHECKING:
     from syncward.actors.mailbox import Mailbox
+    from syncward.actors.syncer import LeaseControl
     from syncward.clock import Clock
     from syncward.jobs import Job
 
@@ -30,7 +33,8 @@ class LeaseRenewer:
     """One incarnation of the lease-renewer actor."""
 
     def __init__(self, *, work: Mailbox[Job], syncer: Mailbox[SyncerMsg], clock: Clock,
-                 default_lease_seconds: float) -> None:
+                 default_lease_seconds: float, control: LeaseControl | None = None) -> None:
+        self.control = control
         self.work = work
         self.syncer = syncer
         self.clock = clock
@@ -56,8 +60,27 @@ class LeaseRenewer:
 
     async def _loop(self) -> None:
         while True:
-            await self.clock.sleep(self._tick(self.work.pending()))
+            await self._sleep(self._tick(self.work.pending()))
             await self.renew_once()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the syncer hands out a job with a shorter lease."""
+        control = self.control
+        if control is None:
+            await self.clock.sleep(seconds)
+            return
+        wake = control.renew_wake
+        async with anyio.create_task_group() as tg:
+
+            async def sleeper() -> None:
+                await self.clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleeper)
+            await wake.wait()
+            tg.cancel_scope.cancel()
+        if wake.is_set():
+            control.renew_wake = anyio.Event()
 
     async def renew_once(self) -> int:
         """Renew the held leases that are past a third of their time; returns how many."""

@@ -27,12 +27,13 @@ continuous failure the syncer raises `CommitFailing` to its supervisor.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from syncward.errors import MailboxClosed, StoreUnavailable, SyncwardError
+from syncward.errors import MailboxClosed, MailboxFull, StoreUnavailable, SyncwardError
 from syncward.jobs import Job, JobState
 from syncward.messages import (
     ApplyResult,
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 CONSUMER = "syncer"
+log = logging.getLogger("syncward.syncer")
 
 
 class CommitFailing(SyncwardError):
@@ -136,6 +138,10 @@ class LeaseControl:
     boot_id: str
     default_lease_seconds: float
     enabled: bool = True
+    # A commit whose outcome was unknown may have granted leases nobody holds: the next
+    # incarnation of the syncer must know too, so this lives here, not in the syncer.
+    orphans_possible: bool = False
+    renew_wake: anyio.Event = field(default_factory=anyio.Event)
 
     def pause(self) -> None:
         """Stop leasing (shutdown): jobs already leased run on, no new ones are handed out."""
@@ -159,7 +165,7 @@ class Syncer:
         self.faults = faults
         self._stopping = False
         self._next_due: float | None = 0.0  # unknown: look at once
-        self._orphans_possible = False
+        self._releases: list[Release] = []  # leases to give back with the next commit
 
     def request_stop(self) -> None:
         """Drain: commit everything already in the mailbox, then return."""
@@ -174,6 +180,8 @@ class Syncer:
             try:
                 batch = await self._receive(cfg)
             except MailboxClosed:
+                if self._releases:
+                    await self._commit([])  # leases handed out too late: give them back
                 return
             await self._commit(batch)
 
@@ -194,32 +202,63 @@ class Syncer:
     async def _commit(self, batch: list[SyncerMsg]) -> None:
         cfg = self.config
         delay = cfg.retry_initial
-        recount = next((m for m in batch if isinstance(m, Recount)), None)
+        recounts = [m for m in batch if isinstance(m, Recount)]
         while True:
             demand = min(self._demand(), cfg.max_batch)
             order = None
             due = self._next_due is not None and self._next_due <= self.clock.now()
-            if demand and due and not self._orphans_possible:
+            if demand and due and not self.control.orphans_possible:
                 c = self.control
                 order = LeaseOrder(n=demand, owner=c.owner, boot_id=c.boot_id,
                                    default_lease_seconds=c.default_lease_seconds)
-            if not batch and order is None:
+            extra: list[SyncerMsg] = list(self._releases)
+            if not batch and order is None and not extra:
                 return
+            if self.faults is not None:
+                self.faults.check("syncer.before_commit")
             try:
-                if self.faults is not None:
-                    self.faults.check("syncer.before_commit")
                 now = self.clock.now()
-                result = await self.store.apply(batch, now=now, lease=order,
-                                                recount=recount is not None)
+                result = await self.store.apply(extra + batch, now=now, lease=order,
+                                                recount=bool(recounts))
                 break
             except StoreUnavailable as exc:
                 # If the commit's outcome is unknown it may have granted leases that were
                 # never handed out: look for them after the next successful commit.
-                self._orphans_possible = self._orphans_possible or order is not None
+                self.control.orphans_possible = self.control.orphans_possible or order is not None
                 self._record_failure(exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, cfg.retry_max)
-        await self._after_commit(batch, result, order, now, recount)
+            except Exception as exc:  # not transient: some message cannot be applied
+                if not batch:
+                    raise
+                await self._isolate(batch, exc)
+                return
+        self._releases = []
+        result.results = result.results[len(extra):]
+        await self._after_commit(batch, result, order, now, recounts)
+
+    async def _isolate(self, batch: list[SyncerMsg], exc: Exception) -> None:
+        """A batch failed with a non-transient error: find the message that causes it.
+
+        Each message is committed on its own, in order; the one that still fails is
+        refused (its sender's wait fails with the error, or gets `Rejected`) and
+        acknowledged, instead of crashing the syncer on it again after every restart.
+        """
+        if len(batch) > 1:
+            for msg in batch:
+                await self._commit([msg])
+            return
+        (msg,) = batch
+        log.error("refusing a %s the store cannot apply: %s: %s", type(msg).__name__,
+                  type(exc).__name__, exc)
+        self.health.rejected += 1
+        reply = getattr(msg, "reply", None)
+        if reply is not None:
+            if isinstance(msg, Submit):
+                reply.fail(exc)
+            else:
+                reply.set(Rejected(f"cannot be applied: {type(exc).__name__}: {exc}"))
+        self.mailbox.ack(CONSUMER, 1)
 
     def _record_failure(self, exc: StoreUnavailable) -> None:
         h = self.health
@@ -234,7 +273,7 @@ class Syncer:
             raise CommitFailing(h.error_since, h.retries, str(exc)) from exc
 
     async def _after_commit(self, batch: list[SyncerMsg], result: ApplyResult,
-                            order: LeaseOrder | None, now: float, recount: Recount | None
+                            order: LeaseOrder | None, now: float, recounts: list[Recount]
                             ) -> None:
         h = self.health
         h.commits += 1
@@ -244,13 +283,18 @@ class Syncer:
         h.retries = 0
         h.notify()
         if result.deltas or result.counts is not None:
+            # A stats-keeper that restarted asked for a reset: any Recount of the batch may
+            # be it, and the snapshot is the same for all of them.
             update = StatsUpdate(deltas=result.deltas, counts=result.counts,
-                                 reset=recount is not None and recount.reset)
-            with contextlib.suppress(MailboxClosed):
-                await self.stats.send(update)
-        for job in result.leased:
-            self.work.send_nowait(job)
-        if self._orphans_possible:
+                                 reset=any(r.reset for r in recounts))
+            if self._stopping:  # the stats-keeper has stopped: counts reload at next start
+                with contextlib.suppress(MailboxClosed, MailboxFull):
+                    self.stats.send_nowait(update)
+            else:
+                with contextlib.suppress(MailboxClosed):
+                    await self.stats.send(update)
+        self._hand_out(result.leased)
+        if self.control.orphans_possible:
             await self._adopt_orphans()
         if order is not None:
             full = len(result.leased) == order.n
@@ -270,6 +314,21 @@ class Syncer:
                 msg.on_commit(res)
         self.mailbox.ack(CONSUMER, len(batch))
 
+    def _hand_out(self, jobs: list[Job]) -> None:
+        """Give newly leased jobs to the downloaders, or back if they have stopped.
+
+        Leases granted by a commit that finished after the pool closed its mailbox are
+        released by the next commit (prepended to it), so shutdown leaves none behind.
+        """
+        for i, job in enumerate(jobs):
+            try:
+                self.work.send_nowait(job)
+            except (MailboxClosed, MailboxFull):
+                self._releases.extend(Release(j.id, j.fence) for j in jobs[i:])
+                return
+        if any(j.lease_seconds < self.control.default_lease_seconds for j in jobs):
+            self.control.renew_wake.set()  # the renewer may be asleep for longer than that
+
     async def _adopt_orphans(self) -> None:
         """Hand out leases of this boot that no downloader holds and no outcome ends.
 
@@ -287,10 +346,9 @@ class Syncer:
         held = {(j.id, j.fence) for j in self.work.pending()}
         ending = {(m.job_id, m.fence) for m in self.mailbox.pending()
                   if isinstance(m, Outcome | Release)}
-        for job in leased:
-            if (job.id, job.fence) not in held and (job.id, job.fence) not in ending:
-                self.work.send_nowait(job)  # room: no lease was granted since they were
-        self._orphans_possible = False
+        self._hand_out([job for job in leased
+                        if (job.id, job.fence) not in held and (job.id, job.fence) not in ending])
+        self.control.orphans_possible = False
 
     async def _lookup_next_due(self) -> float | None:
         try:

@@ -215,7 +215,10 @@ class SQLiteStore:
 
         Raises:
             StoreError: the store was opened read-only.
-            StoreUnavailable: the transaction failed and was rolled back.
+            StoreUnavailable: the transaction failed and was rolled back (busy, locked, I/O
+                error, disk full: worth retrying).
+            sqlite3.Error: another database error (a constraint, a value out of range):
+                retrying the same batch would fail the same way.
         """
         if self._applier is None:
             raise StoreError(f"store {self.path} is open read-only")
@@ -225,7 +228,7 @@ class SQLiteStore:
                 applier.apply, batch, now, lease, recount, dry_run,
                 limiter=self._write_limiter,
             )
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:
             raise StoreUnavailable("commit", exc) from exc
 
     async def checkpoint(self) -> None:

@@ -410,6 +410,10 @@ class Supervisor:
             incarnation.done.set()
         ready.release()
         if incarnation.stopping:
+            if reason is ExitReason.CRASHED:  # not restarted, but never silent
+                logger.error("supervisor %r: child %r crashed while stopping: %s", self.name,
+                             child.spec.id, _describe_exit(_Exit(child, incarnation, reason,
+                                                                 error)))
             return  # the supervisor is stopping it and reports that itself
         kind = "crashed" if reason is ExitReason.CRASHED else "exited"
         self._emit(child, kind, reason, error)
