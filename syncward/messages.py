@@ -12,6 +12,7 @@ and granted again) is rejected individually and never touches the newer owner's 
 from __future__ import annotations
 
 import enum
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
@@ -143,12 +144,17 @@ class NewJob:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Create jobs (INSERT OR IGNORE). ``on_commit`` acknowledges an upstream source."""
+    """Create jobs (INSERT OR IGNORE). ``on_commit`` acknowledges an upstream source.
+
+    ``token`` names this message: the jobs it creates remember it, so if the message is
+    delivered again after its commit, it still counts them as new, not as duplicates.
+    """
 
     jobs: tuple[NewJob, ...]
     run_id: int | None = None
     reply: Reply[SubmitResult] | None = None
     on_commit: Callable[[SubmitResult], None] | None = None
+    token: int = field(default_factory=lambda: secrets.randbits(62))
 
 
 @dataclass(frozen=True, slots=True)

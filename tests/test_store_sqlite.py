@@ -375,7 +375,8 @@ async def _prepare(store: SQLiteStore) -> tuple[int, dict[int, Job], list[NewJob
     ).results[0]
     assert isinstance(run_id, int)
     jobs = [new_job({"n": i}, line=i + 1, lease_seconds=5.0 if i == 7 else None) for i in range(8)]
-    await store.apply([Submit(tuple(jobs), run_id=run_id)], now=T0)
+    # The same token in both databases: a job row records the submit that created it.
+    await store.apply([Submit(tuple(jobs), run_id=run_id, token=1)], now=T0)
     leased = {int(j.identity["n"]): j for j in await lease(store, 8, now=T0 + 1)}
     assert sorted(leased) == list(range(8))
     j6 = leased[6]
@@ -436,7 +437,9 @@ async def test_a_batch_applied_twice_gives_the_same_database_as_once(
     assert (await twice.apply(batch, now=now)).results == first.results
     again = await twice.apply(batch, now=now)
     assert again.deltas == {}
-    assert again.results[1] == SubmitResult(new=0, duplicates=4)
+    # The submit delivered again still knows the jobs it created (their rows carry its
+    # token): it answers what it answered the first time.
+    assert again.results[1] == SubmitResult(new=3, duplicates=1)
     assert again.results[12] == "worker-1"
 
     await once.aclose()

@@ -321,3 +321,18 @@ async def test_leases_granted_after_the_downloaders_stopped_are_released(tmp_pat
             rig.work.close()  # the pool has stopped; a commit now leases jobs nobody runs
             await rig.submit([new_job(i) for i in range(3)])
     assert set(db_rows(db).values()) == {("planned", 0, 1)}
+
+
+async def test_a_submit_delivered_again_after_its_commit_counts_its_own_jobs_as_new(
+        tmp_path: Path) -> None:
+    store = await SQLiteStore.open(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        first = Submit(tuple(new_job(i) for i in range(5)))
+        other = Submit(tuple(new_job(i) for i in range(3, 8)))
+        once = await store.apply([first], now=1.0)
+        again = await store.apply([first, other], now=2.0)  # redelivered, then a new one
+    finally:
+        await store.aclose()
+    assert once.results == [SubmitResult(new=5, duplicates=0)]
+    assert again.results == [SubmitResult(new=5, duplicates=0),
+                             SubmitResult(new=3, duplicates=2)]

@@ -248,38 +248,45 @@ class BatchApplier:
         """Insert the jobs of consecutive submits at once; count new and duplicate per message.
 
         The keys already present are looked up first (one query per 500 keys), so each
-        message learns its own counts although the rows go in with one executemany.
+        message learns its own counts although the rows go in with one executemany. A job
+        row remembers the token of the submit that created it, so a submit delivered
+        again (its commit went through, its reply did not) counts its own jobs as new.
         """
         conn = self.conn
         now = self._now
         keys = [bytes.fromhex(j.key) for m in msgs for j in m.jobs]
-        seen: set[bytes] = set()
+        creator: dict[bytes, int | None] = {}
         for start in range(0, len(keys), _KEY_CHUNK):
             chunk = keys[start:start + _KEY_CHUNK]
             marks = ",".join("?" * len(chunk))
-            seen.update(r[0] for r in conn.execute(
-                f"SELECT key FROM jobs WHERE key IN ({marks})", chunk))
+            creator.update(conn.execute(
+                f"SELECT key, created_by FROM jobs WHERE key IN ({marks})", chunk).fetchall())
         results: list[SubmitResult] = []
         rows: list[tuple[Any, ...]] = []
         entries: list[tuple[Any, ...]] = []
         k = 0
         for msg in msgs:
             new = 0
+            counted: set[bytes] = set()
             for job in msg.jobs:
                 key = keys[k]
                 k += 1
-                if key not in seen:
-                    seen.add(key)
+                if key not in creator:
+                    creator[key] = msg.token
+                    counted.add(key)
                     new += 1
                     rows.append((key, job.identity, job.payload, job.max_attempts, now,
-                                 job.lease_seconds, job.timeout, now, now))
+                                 job.lease_seconds, job.timeout, msg.token, now, now))
+                elif creator[key] == msg.token and key not in counted:
+                    counted.add(key)  # created by this very message, delivered before
+                    new += 1
                 if msg.run_id is not None and job.line is not None:
                     entries.append((msg.run_id, job.line, key))
             results.append(SubmitResult(new=new, duplicates=len(msg.jobs) - new))
         conn.executemany(
             "INSERT OR IGNORE INTO jobs (key, identity, payload, state, max_attempts,"
-            " next_attempt_at, lease_seconds, timeout, created_at, updated_at)"
-            " VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, ?, ?)", rows)
+            " next_attempt_at, lease_seconds, timeout, created_by, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'planned', ?, ?, ?, ?, ?, ?, ?)", rows)
         if entries:
             conn.executemany(
                 "INSERT OR IGNORE INTO run_entries (run_id, line, key) VALUES (?, ?, ?)",

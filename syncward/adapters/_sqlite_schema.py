@@ -37,6 +37,7 @@ CREATE TABLE jobs (
     ended_by         TEXT,
     last_error       TEXT,
     result           TEXT,
+    created_by       INTEGER,
     created_at       REAL    NOT NULL,
     updated_at       REAL    NOT NULL
 );
