@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import anyio
-
+from syncward.actors._periodic import LoopActor
 from syncward.errors import StoreUnavailable
 from syncward.messages import ReapExpired, SyncerMsg
 
@@ -28,11 +27,12 @@ __all__ = ["LeaseReaper"]
 log = logging.getLogger("syncward.reaper")
 
 
-class LeaseReaper:
+class LeaseReaper(LoopActor):
     """One incarnation of the lease-reaper actor."""
 
     def __init__(self, *, store: Store, syncer: Mailbox[SyncerMsg], clock: Clock,
                  every: float = 5.0, batch: int = 1000, faults: Faults | None = None) -> None:
+        super().__init__()
         self.store = store
         self.syncer = syncer
         self.clock = clock
@@ -40,18 +40,6 @@ class LeaseReaper:
         self.batch = batch
         self.faults = faults
         self.reaped_batches = 0
-        self._stop = anyio.Event()
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                  ) -> None:
-        task_status.started()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._loop)
-            await self._stop.wait()
-            tg.cancel_scope.cancel()
 
     async def _loop(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from syncward.actors._periodic import LoopActor
 from syncward.messages import Renew, SyncerMsg
 
 if TYPE_CHECKING:
@@ -29,30 +30,19 @@ __all__ = ["LeaseRenewer"]
 _MIN_TICK = 0.01
 
 
-class LeaseRenewer:
+class LeaseRenewer(LoopActor):
     """One incarnation of the lease-renewer actor."""
 
     def __init__(self, *, work: Mailbox[Job], syncer: Mailbox[SyncerMsg], clock: Clock,
                  default_lease_seconds: float, control: LeaseControl | None = None) -> None:
+        super().__init__()
         self.control = control
         self.work = work
         self.syncer = syncer
         self.clock = clock
         self.default_lease_seconds = default_lease_seconds
         self._expiry: dict[tuple[int, int], float] = {}
-        self._stop = anyio.Event()
         self.renewals = 0
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                  ) -> None:
-        task_status.started()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._loop)
-            await self._stop.wait()
-            tg.cancel_scope.cancel()
 
     def _tick(self, jobs: list[Job]) -> float:
         shortest = min((j.lease_seconds for j in jobs), default=self.default_lease_seconds)
