@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import anyio
@@ -382,6 +382,59 @@ class Item(NamedTuple):
 
 
 # --- the consumer skeleton shared by the stream and list sources -------------------------
+
+
+class SourceConfig(Protocol):
+    """What every Redis source's configuration gives its consumer."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def block(self) -> float: ...
+    @property
+    def max_outstanding(self) -> int | None: ...
+    @property
+    def retry_initial(self) -> float: ...
+    @property
+    def retry_max(self) -> float: ...
+
+
+class RedisSource:
+    """The part of a Redis `Source` that outlives its actor's incarnations.
+
+    Holds the configuration, the `IntakeState` every incarnation reports into, and the
+    current incarnation (for ``status``). Subclasses set ``kind`` and give ``_make``.
+    """
+
+    kind = "redis"
+
+    def __init__(self, config: SourceConfig, *, name: str, target: dict[str, str]) -> None:
+        self.config = config
+        self.name = name
+        self._state = IntakeState(kind=self.kind, target={"redis": redact(config.url),
+                                                          **target})
+        self._current: RedisConsumer | None = None
+
+    def _make(self, runtime: Runtime) -> RedisConsumer:
+        raise NotImplementedError
+
+    def actor(self, runtime: Runtime) -> RedisConsumer:
+        self._current = self._make(runtime)
+        return self._current
+
+    def status(self) -> dict[str, Any]:
+        current = self._current
+        return self._state.as_dict(current.outstanding if current is not None else 0)
+
+    def consumer_args(self, runtime: Runtime) -> dict[str, Any]:
+        """The keyword arguments of `RedisConsumer` that come from this source."""
+        cfg = self.config
+        return {"name": self.name, "state": self._state, "runtime": runtime, "url": cfg.url,
+                "batch": cfg.batch, "block": cfg.block,
+                "max_outstanding": cfg.max_outstanding or 4 * cfg.batch,
+                "backoff": (cfg.retry_initial, cfg.retry_max)}
 
 
 class RedisConsumer:

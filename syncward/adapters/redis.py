@@ -53,10 +53,10 @@ from typing import TYPE_CHECKING, Any
 from syncward.adapters._redis_base import (
     Decoded,
     GroupLost,
-    IntakeState,
     Item,
     Malformed,
     RedisConsumer,
+    RedisSource,
     ResponseError,
     Token,
     decode_fields,
@@ -209,34 +209,24 @@ class StreamConfig:
         return cls(**opts)
 
 
-class RedisStreamSource:
+class RedisStreamSource(RedisSource):
     """A `Source` reading a Redis stream through a consumer group. See the module docs."""
 
+    kind = "redis-stream"
+    config: StreamConfig
+
     def __init__(self, config: StreamConfig, *, name: str = "redis-stream") -> None:
-        self.config = config
-        self.name = name
-        self._state = IntakeState(kind="redis-stream", target={
-            "redis": redact(config.url), "stream": config.stream, "group": config.group})
-        self._current: _StreamConsumer | None = None
+        super().__init__(config, name=name,
+                         target={"stream": config.stream, "group": config.group})
 
-    def actor(self, runtime: Runtime) -> _StreamConsumer:
-        self._current = _StreamConsumer(self, runtime)
-        return self._current
-
-    def status(self) -> dict[str, Any]:
-        current = self._current
-        return self._state.as_dict(current.outstanding if current is not None else 0)
+    def _make(self, runtime: Runtime) -> _StreamConsumer:
+        return _StreamConsumer(self, runtime)
 
 
 class _StreamConsumer(RedisConsumer):
     def __init__(self, source: RedisStreamSource, runtime: Runtime) -> None:
-        cfg = source.config
-        super().__init__(
-            name=source.name, state=source._state, runtime=runtime, url=cfg.url,
-            batch=cfg.batch, block=cfg.block,
-            max_outstanding=cfg.max_outstanding or 4 * cfg.batch,
-            backoff=(cfg.retry_initial, cfg.retry_max))
-        self.cfg = cfg
+        super().__init__(**source.consumer_args(runtime))
+        self.cfg = source.config
         self.cursor: Token = b"0"
         self._claim_cursor: bytes | str = b"0-0"
         self._next_claim = 0.0

@@ -47,10 +47,10 @@ import anyio
 from syncward.adapters._redis_base import (
     FAULTS,
     Decoded,
-    IntakeState,
     Item,
     Malformed,
     RedisConsumer,
+    RedisSource,
     Token,
     decode_item,
     endpoint,
@@ -155,34 +155,23 @@ class ListConfig:
         return cls(**opts)
 
 
-class RedisListSource:
+class RedisListSource(RedisSource):
     """A `Source` draining a Redis list without losing an item. See the module docs."""
 
+    kind = "redis-list"
+    config: ListConfig
+
     def __init__(self, config: ListConfig, *, name: str = "redis-list") -> None:
-        self.config = config
-        self.name = name
-        self._state = IntakeState(kind="redis-list", target={
-            "redis": redact(config.url), "list": config.list})
-        self._current: _ListConsumer | None = None
+        super().__init__(config, name=name, target={"list": config.list})
 
-    def actor(self, runtime: Runtime) -> _ListConsumer:
-        self._current = _ListConsumer(self, runtime)
-        return self._current
-
-    def status(self) -> dict[str, Any]:
-        current = self._current
-        return self._state.as_dict(current.outstanding if current is not None else 0)
+    def _make(self, runtime: Runtime) -> _ListConsumer:
+        return _ListConsumer(self, runtime)
 
 
 class _ListConsumer(RedisConsumer):
     def __init__(self, source: RedisListSource, runtime: Runtime) -> None:
-        cfg = source.config
-        super().__init__(
-            name=source.name, state=source._state, runtime=runtime, url=cfg.url,
-            batch=cfg.batch, block=cfg.block,
-            max_outstanding=cfg.max_outstanding or 4 * cfg.batch,
-            backoff=(cfg.retry_initial, cfg.retry_max))
-        self.cfg = cfg
+        super().__init__(**source.consumer_args(runtime))
+        self.cfg = source.config
         self._own_first = True
         self._next_reclaim = 0.0
         self._take = self.redis.register_script(_TAKE)
