@@ -393,8 +393,11 @@ class ArchiveServer:
             pieces = max(1, math.ceil(len(body) / _SLOW_CHUNK))
             pause = self.config.slow_seconds / pieces
             for i in range(0, len(body), _SLOW_CHUNK):
+                if i:
+                    await anyio.sleep(pause)
                 await stream.send(body[i:i + _SLOW_CHUNK])
-                await anyio.sleep(pause)
+            # Fired once the last byte is sent: the client may finish its job (and the
+            # test look at this event) before a pause after it would end.
             _fire(fault)
             return keep
         at = fault.at if fault.at is not None else 0.5
@@ -408,8 +411,8 @@ class ArchiveServer:
             return False  # aclose() aborts: with SO_LINGER 0 that is an RST
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             if fault.kind is Fault.TRUNCATE:
+                _fire(fault)  # before the FIN: the client may retry and finish at once
                 await stream.send_eof()  # FIN after the partial body
-                _fire(fault)
             else:  # STALL: nothing more until the client gives up
                 _fire(fault)
             while True:
