@@ -27,9 +27,9 @@ import anyio
 
 from benchmarks._common import emit, timed
 from syncward import Context, Job, Runtime
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.jobs import canonical_identity, job_key
 from syncward.messages import LeaseOrder, NewJob, Submit
+from syncward.store.sqlite import SQLiteStore
 
 
 async def noop(job: Job, ctx: Context) -> None:
@@ -62,7 +62,7 @@ def run_throughput(name: str, handler: Any, n: int, concurrency: int, loop: str,
 
 
 async def recover(path: Path, n: int) -> float:
-    store = await SQLiteStore.open(f"sqlite:///{path}", boot_id="dead-boot")
+    store = await SQLiteStore.open(f"sqlite:///{path}")
     now = time.time()
     for i in range(0, n, 10_000):
         jobs = tuple(NewJob(key=job_key({"id": k}), identity=canonical_identity({"id": k}),

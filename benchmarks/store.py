@@ -31,10 +31,10 @@ from pathlib import Path
 import anyio
 
 from benchmarks._common import emit, timed
-from syncward.adapters._sqlite_schema import MIGRATIONS
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.jobs import canonical_identity, job_key
 from syncward.messages import NewJob, Submit
+from syncward.store.sqlite import SQLiteStore
+from syncward.store.sqlite.schema import MIGRATIONS
 
 BATCH = 1000
 NOW = 1_700_000_000.0

@@ -21,10 +21,10 @@ import anyio
 from benchmarks._common import emit, timed
 from syncward.actors.mailbox import Mailbox
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.clock import SystemClock
 from syncward.jobs import Job, canonical_identity, job_key
 from syncward.messages import NewJob, Reply, Submit, SubmitResult, SyncerMsg
+from syncward.store.sqlite import SQLiteStore
 
 BATCH = 1000
 

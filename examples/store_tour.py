@@ -10,9 +10,9 @@ import time
 
 import anyio
 
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.jobs import canonical_identity, job_key
 from syncward.messages import LeaseOrder, NewJob, Outcome, OutcomeKind, Submit
+from syncward.store.sqlite import SQLiteStore
 
 
 async def main(path: str) -> None:

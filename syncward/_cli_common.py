@@ -23,7 +23,6 @@ import importlib.util
 import inspect
 import os
 import signal
-import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 import anyio
 import click
 
-from syncward.adapters.sqlite import sqlite_path_from_url
 from syncward.errors import ConfigError, StoreError, SupervisorGaveUp, SyncwardError
+from syncward.store import check_url
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -102,7 +101,7 @@ def _exit_code(exc: BaseException) -> ExitCode:
     exc = leaf(exc)
     if isinstance(exc, RunAborted | SupervisorGaveUp):
         return ExitCode.FAILED
-    if isinstance(exc, ConfigError | StoreError | sqlite3.Error | OSError):
+    if isinstance(exc, ConfigError | StoreError | OSError):
         return ExitCode.USAGE
     return ExitCode.FAILED
 
@@ -143,29 +142,22 @@ def run_async(fn: Callable[..., Awaitable[T]], *args: Any, loop: str = "auto") -
                      backend_options={"use_uvloop": use_uvloop})
 
 
-def check_db_dir(url: str) -> Path:
-    """The store's path, once its directory is known to exist.
+def check_db_dir(url: str) -> str:
+    """The store's name for messages, once its directory (if it has one) is known to exist.
 
     Raises:
         ConfigError: a bad URL, or a directory that does not exist.
     """
-    path = sqlite_path_from_url(url)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"store {path}: directory {parent} does not exist")
-    return path
+    return check_url(url, must_exist=False)
 
 
-def require_store_file(url: str) -> Path:
-    """The store's path, once the file is known to exist (for commands that never create one).
+def require_store_file(url: str) -> str:
+    """The store's name, once the store is known to exist (for commands that never create one).
 
     Raises:
-        ConfigError: a bad URL, or no such file.
+        ConfigError: a bad URL, or no such store.
     """
-    path = check_db_dir(url)
-    if not path.is_file():
-        raise ConfigError(f"store {path} does not exist")
-    return path
+    return check_url(url, must_exist=True)
 
 
 # --- handlers ----------------------------------------------------------------------------

@@ -38,12 +38,12 @@ from syncward._cli_progress import show_progress
 from syncward._cli_run import Counters
 from syncward._cli_views import render_report
 from syncward.adapters.http import HttpFetcher, part_cleanup
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import ConfigError
 from syncward.jobs import JobSpec, JobState, job_key
 from syncward.report import build_report, dumps
 from syncward.retry import RetryPolicy
 from syncward.runtime import Runtime
+from syncward.store import open_store
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -137,7 +137,7 @@ async def _download_all(cfg: DemoConfig, console: Console | None, archive: Any,
 async def _read_store(db: str, catalogue: list[Any]) -> tuple[
         dict[str, Any], dict[str, tuple[str, str | None]], list[dict[str, Any]]]:
     """The report, each catalogue file's (state, error), and the skipped jobs."""
-    store = await SQLiteStore.open(db, readonly=True)
+    store = await open_store(db, readonly=True)
     try:
         report = await build_report(store)
         states: dict[str, tuple[str, str | None]] = {}

@@ -23,7 +23,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import StoreError
 from syncward.jobs import JobState
 
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     from syncward._cli_run import Counters
     from syncward.actors.stats_keeper import StatsSnapshot
     from syncward.runtime import Runtime
+    from syncward.store.base import StoreReader
 
 __all__ = ["show_progress"]
 
@@ -77,20 +77,15 @@ def _detail(snap: StatsSnapshot, retrying: int, counters: Counters) -> str:
 
 
 async def show_progress(rt: Runtime, db: str, counters: Counters, console: Console) -> None:
-    """Show the bar until cancelled (it is removed then; the summary follows)."""
-    try:
-        reader: SQLiteStore | None = await SQLiteStore.open(db, readonly=True)
-    except StoreError:
-        reader = None
-    try:
-        await _loop(rt, reader, counters, console)
-    finally:
-        if reader is not None:
-            with anyio.CancelScope(shield=True):
-                await reader.aclose()
+    """Show the bar until cancelled (it is removed then; the summary follows).
+
+    ``db`` is the store's URL; the runtime's own store answers the few reads the bar
+    makes (jobs waiting to retry).
+    """
+    await _loop(rt, rt.store, counters, console)
 
 
-async def _loop(rt: Runtime, reader: SQLiteStore | None, counters: Counters,
+async def _loop(rt: Runtime, reader: StoreReader | None, counters: Counters,
                 console: Console) -> None:
     columns = (TextColumn("[bold]jobs"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                TextColumn("ETA"), TimeRemainingColumn())

@@ -47,11 +47,11 @@ from syncward._cli_common import (
 from syncward._cli_progress import show_progress
 from syncward._cli_run import Counters
 from syncward._cli_views import render_report
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import ConfigError, MailboxClosed, MissingDependency
 from syncward.jobs import JobState
 from syncward.report import build_report, dumps
 from syncward.runtime import Runtime
+from syncward.store import open_store
 
 if TYPE_CHECKING:
     from syncward.actors.downloader import Handler
@@ -216,7 +216,7 @@ async def _progress(rt: Runtime, src: RedisStreamSource | RedisListSource, db: s
 
 
 async def _final_report(db: str) -> dict[str, Any]:
-    store = await SQLiteStore.open(db, readonly=True)
+    store = await open_store(db, readonly=True)
     try:
         return await build_report(store)
     finally:

@@ -36,11 +36,11 @@ from syncward._cli_common import ExitCode, Interrupt, RunAborted, check_db_dir, 
 from syncward._cli_feed import ManifestFeed
 from syncward._cli_progress import show_progress
 from syncward.adapters.manifest import STDIN, Entry, Manifest, Rejection, open_manifest
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import ConfigError, MailboxClosed
 from syncward.jobs import JobState
 from syncward.report import build_report
 from syncward.runtime import Runtime
+from syncward.store import open_store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -243,7 +243,7 @@ async def _run(cfg: RunConfig, prepared: Prepared, interrupt: Interrupt,
 
 async def _final_report(db: str, run_id: int | None
                         ) -> tuple[dict[str, Any], dict[JobState, int]]:
-    store = await SQLiteStore.open(db, readonly=True)
+    store = await open_store(db, readonly=True)
     try:
         report = await build_report(store, run_id=run_id)
         states = (await store.run_states(run_id) if run_id is not None

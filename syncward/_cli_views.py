@@ -1,10 +1,11 @@
 """What the command line shows: status gathered from a read-only store, and rich renderings.
 
-Status reads the store without its owner lock (SQLite WAL lets a reader in beside the
-running writer), so it works while a runtime runs. What only lives in the running
-process is approximated from durable traces, and named as such: the syncer's last
-commit is the modification time of the database or its WAL file (every commit writes
-one of them); whether the owner is alive comes from the pid in the owner lock file.
+Status reads the store through `StoreReader` without taking it (SQLite WAL lets a reader
+in beside the running writer), so it works while a runtime runs. What only lives in the
+running process comes from what that runtime publishes (`StoreReader.published_status`)
+and from the store's own evidence of its owners (`StoreReader.owners`): for SQLite, the
+pid in the owner lock file, and the modification time of the database or its WAL as
+the last commit.
 
 Design note: each view is a plain dict first (that is what ``--json`` prints) and a rich
 rendering of that dict second, so the two can never disagree.
@@ -13,17 +14,13 @@ rendering of that dict second, so the two can never disagree.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from syncward.actors.publisher import status_path
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.jobs import JobState
+from syncward.store import open_store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -63,55 +60,12 @@ def _identity(identity: Any) -> str:
 # --- status ------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+async def collect_status(url: str, name: str) -> dict[str, Any]:
+    """The status of the store at ``url`` as a JSON-ready dict (read-only; nothing taken).
 
-
-def _owner(path: Path) -> dict[str, Any] | None:
-    """The owner recorded in ``<db>.lock`` (emptied when a runtime closes), and if it lives."""
-    try:
-        text = Path(str(path) + ".lock").read_text()
-        owner: dict[str, Any] = json.loads(text) if text.strip() else {}
-    except (OSError, ValueError):
-        return None
-    if not owner:
-        return None
-    alive: bool | None = None
-    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        alive = _pid_alive(owner["pid"])
-    return {**owner, "alive": alive}
-
-
-def _last_write(path: Path) -> float | None:
-    times = []
-    for candidate in (path, Path(str(path) + "-wal")):
-        try:
-            times.append(candidate.stat().st_mtime)
-        except OSError:
-            pass
-    return max(times) if times else None
-
-
-def _published(path: Path, live_boot: str | None) -> dict[str, Any] | None:
-    """The running runtime's own status file (syncer health, restarts), if it is this boot's."""
-    if live_boot is None:
-        return None
-    try:
-        data: dict[str, Any] = json.loads(status_path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if data.get("boot_id") == live_boot else None
-
-
-async def collect_status(url: str, path: Path) -> dict[str, Any]:
-    """The status of the store at ``url`` as a JSON-ready dict (read-only; no lock taken)."""
-    store = await SQLiteStore.open(url, readonly=True)
+    ``name`` is how the store is named to a person (its path, for SQLite).
+    """
+    store = await open_store(url, readonly=True)
     try:
         counts = await store.counts()
         leases = await store.active_leases(limit=100)
@@ -120,17 +74,20 @@ async def collect_status(url: str, path: Path) -> dict[str, Any]:
         restarts = await store.events(kind="restart", limit=1_000_000)
         drift = await store.events(kind="stats_drift", limit=1_000_000)
         latest = await store.latest_run()
-        run = await store.run_info(latest) if latest is not None else None
-        if run is not None and latest is not None:
-            states = await store.run_states(latest)
-            run["states"] = {s.value: states[s] for s in JobState}
+        info = await store.run_info(latest) if latest is not None else None
+        run: dict[str, Any] | None = None
+        if info is not None:
+            states = await store.run_states(info.id)
+            run = {**info.as_dict(), "states": {s.value: states[s] for s in JobState}}
+        owners = await store.owners()
+        owner = owners[0].as_dict() if owners else None
+        live_boot = owner.get("boot_id") if owner and owner.get("alive") is not False else None
+        published = await store.published_status(live_boot) if live_boot else None
+        last_write = await store.last_write_at()
     finally:
         await store.aclose()
-    owner = _owner(path)
-    live_boot = owner.get("boot_id") if owner and owner.get("alive") is not False else None
-    published = _published(path, live_boot)
     return {
-        "store": str(path),
+        "store": name,
         "owner": owner,
         "counts": {s.value: counts[s] for s in JobState},
         "total": sum(counts.values()),
@@ -146,11 +103,11 @@ async def collect_status(url: str, path: Path) -> dict[str, Any]:
             for w in workers],
         "last_reconcile": json.loads(reconcile) if reconcile else None,
         "syncer": {"running": bool(owner and owner.get("alive") is not False),
-                   "last_commit_at": _last_write(path),
+                   "last_commit_at": last_write,
                    **(published.get("syncer", {}) if published else {})},
         "runtime": published,
-        "restarts": {"total": len(restarts), "recent": restarts[:5]},
-        "stats_drift": sum(int(e.get("off", 0)) for e in drift),
+        "restarts": {"total": len(restarts), "recent": [e.as_dict() for e in restarts[:5]]},
+        "stats_drift": sum(int(e.detail.get("off", 0)) for e in drift),
         "latest_run": run,
     }
 

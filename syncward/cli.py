@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -38,11 +38,14 @@ from syncward._cli_views import (
     render_summary,
 )
 from syncward.adapters.manifest import open_manifest
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import ConfigError
 from syncward.jobs import JobState
 from syncward.messages import Reconcile, ReconcileReport, Requeue
 from syncward.report import build_report, dumps
+from syncward.store import open_store
+
+if TYPE_CHECKING:
+    from syncward.store.base import RunInfo
 
 __all__ = ["cli", "main"]
 
@@ -213,9 +216,9 @@ def status(db: str, as_json: bool) -> None:
 
 
 async def _report(db: str, run_id: int | None, manifest: str | None, fmt: str | None,
-                  key: tuple[str, ...] | None) -> tuple[dict[str, Any], dict[str, Any] | None,
+                  key: tuple[str, ...] | None) -> tuple[dict[str, Any], RunInfo | None,
                                                           dict[str, int] | None]:
-    store = await SQLiteStore.open(db, readonly=True)
+    store = await open_store(db, readonly=True)
     try:
         if manifest is not None:
             with open_manifest(manifest, fmt=fmt, key=key) as m:
@@ -226,7 +229,7 @@ async def _report(db: str, run_id: int | None, manifest: str | None, fmt: str | 
         if run_id is not None:
             info = await store.run_info(run_id)
             if info is None:
-                raise ConfigError(f"store {store.path} has no run {run_id}")
+                raise ConfigError(f"store {db} has no run {run_id}")
             counted = await store.run_states(run_id)
             states = {s.value: counted[s] for s in JobState}
         return await build_report(store, run_id=run_id), info, states
@@ -271,8 +274,8 @@ def report(db: str, run_id: int | None, manifest: str | None, key: str | None,
     if manifest is not None:
         title, source = f"Report: store compared with {manifest}", manifest
     elif info is not None:
-        title = f"Report of run {info['id']} ({info['status']}): {info['source']}"
-        source = info["source"]
+        title = f"Report of run {info.id} ({info.status}): {info.source}"
+        source = info.source
     else:
         title, source = "Report (no run recorded)", None
     render_report(_stdout(), rep, title=title, source=source, run_counts=states)
@@ -282,7 +285,7 @@ def report(db: str, run_id: int | None, manifest: str | None, key: str | None,
 
 
 async def _reconcile(db: str, dry_run: bool) -> dict[str, Any]:
-    store = await SQLiteStore.open(db)
+    store = await open_store(db)
     try:
         result = await store.apply([Reconcile(uuid.uuid4().hex, dry_run=dry_run)],
                                    now=time.time(), dry_run=dry_run)
@@ -318,7 +321,7 @@ def reconcile(db: str, dry_run: bool, as_json: bool) -> None:
 
 async def _retry(db: str, state: JobState, keys: tuple[str, ...] | None
                  ) -> tuple[int, list[str]]:
-    store = await SQLiteStore.open(db)
+    store = await open_store(db)
     try:
         skipped: list[str] = []
         if keys:

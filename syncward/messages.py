@@ -43,6 +43,7 @@ __all__ = [
     "Renew",
     "Reply",
     "Requeue",
+    "Result",
     "RegisterWorker",
     "RunRejects",
     "SetMeta",
@@ -52,6 +53,8 @@ __all__ = [
     "SubmitResult",
     "SyncerMsg",
     "WorkerStatus",
+    "refuse",
+    "settle",
 ]
 
 T = TypeVar("T")
@@ -296,6 +299,7 @@ class StartRun:
     source: str
     options: Mapping[str, Any]
     reply: Reply[int]
+    boot_id: str = ""  # the runtime that runs it: its death interrupts the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,12 +308,14 @@ class RunRejects:
 
     run_id: int
     items: tuple[tuple[int, str, str], ...]  # (line, reason, raw text)
+    reply: Reply[Accepted | Rejected] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class FinishRun:
     run_id: int
     status: str
+    reply: Reply[Accepted | Rejected] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,11 +384,69 @@ class LeaseOrder:
     default_lease_seconds: float
 
 
+#: What applying one message gives (see `settle` for which message gets which).
+Result: TypeAlias = (
+    Accepted | Rejected | SubmitResult | EffectResult | ReconcileReport | int | str
+)
+
+
 @dataclass(slots=True)
 class ApplyResult:
     """What one committed batch did: a result per message, in order, and the deltas."""
 
-    results: list[object]
+    results: list[Result]
     deltas: dict[JobState, int]
     leased: list[Job]
     counts: dict[JobState, int] | None = None  # a consistent recount, when asked for
+
+
+def settle(msg: SyncerMsg, result: Result) -> None:
+    """Complete ``msg``'s wait, if it has one, with its committed ``result``.
+
+    Raises:
+        TypeError: ``result`` is not what this kind of message is answered with (a bug in
+            the applier, never the sender's fault).
+    """
+    match msg:
+        case Submit(reply=Reply() as reply):
+            reply.set(_expect(result, SubmitResult, msg))
+        case Stage(reply=Reply() as reply) | Outcome(reply=Reply() as reply) | RunRejects(
+                reply=Reply() as reply) | FinishRun(reply=Reply() as reply):
+            reply.set(_expect(result, Accepted | Rejected, msg))
+        case Effect(reply=Reply() as effect_reply):
+            effect_reply.set(_expect(result, EffectResult | Rejected, msg))
+        case Requeue(reply=Reply() as count) | StartRun(reply=Reply() as count):
+            count.set(_expect(result, int, msg))
+        case RegisterWorker(reply=Reply() as text) | SetMeta(reply=Reply() as text):
+            text.set(_expect(result, str, msg))
+        case Reconcile(reply=Reply() as report):
+            report.set(_expect(result, ReconcileReport, msg))
+        case _:
+            pass  # no reply asked for
+
+
+def refuse(msg: SyncerMsg, error: Exception) -> None:
+    """Answer ``msg``'s wait for a message the store cannot apply at all.
+
+    A message whose answer may be `Rejected` gets one naming the error; any other wait
+    fails with ``error`` itself.
+    """
+    rejected = Rejected(f"cannot be applied: {type(error).__name__}: {error}")
+    match msg:
+        case Stage(reply=Reply() as reply) | Outcome(reply=Reply() as reply) | RunRejects(
+                reply=Reply() as reply) | FinishRun(reply=Reply() as reply):
+            reply.set(rejected)
+        case Effect(reply=Reply() as effect_reply):
+            effect_reply.set(rejected)
+        case Submit(reply=Reply() as other) | Requeue(reply=Reply() as other) | StartRun(
+                reply=Reply() as other) | RegisterWorker(reply=Reply() as other) | SetMeta(
+                reply=Reply() as other) | Reconcile(reply=Reply() as other):
+            other.fail(error)
+        case _:
+            pass
+
+
+def _expect(result: Result, kind: Any, msg: SyncerMsg) -> Any:
+    if not isinstance(result, kind) or (kind is int and isinstance(result, bool)):
+        raise TypeError(f"{type(msg).__name__} answered with {type(result).__name__}")
+    return result

@@ -21,15 +21,14 @@ Design notes. A run records its entries as (line, job key), not identities, so a
 entry of a run is named by re-reading the run's source at that line (the run's options
 say how); when the source cannot be read again (stdin, a moved file) the entry is given
 as ``{"line": n}``. A file is compared as a stream: keys are checked a chunk at a time and
-distinct keys are counted in a temporary on-disk SQLite table, so neither side is held
-in memory whatever the manifest's size.
+distinct keys are counted in a temporary on-disk set (`DiskKeySet`), so neither side is
+held in memory whatever the manifest's size. Everything is read through `StoreReader`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -39,11 +38,12 @@ import anyio.to_thread
 from syncward.adapters.manifest import Entry, Manifest, Rejection, open_manifest
 from syncward.errors import ConfigError
 from syncward.jobs import ACTIVE, JobState, job_key
+from syncward.store.keyset import DiskKeySet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from syncward.adapters.sqlite import SQLiteStore
+    from syncward.store.base import RunInfo, StoreReader
 
 __all__ = ["REPORT_KEYS", "build_report", "dumps"]
 
@@ -59,7 +59,7 @@ def _first_line(error: str | None) -> str | None:
     return line[:_ERROR_LINE_MAX]
 
 
-async def build_report(store: SQLiteStore, *, run_id: int | None = None,
+async def build_report(store: StoreReader, *, run_id: int | None = None,
                        manifest: Manifest | None = None,
                        failures_limit: int | None = None) -> dict[str, Any]:
     """Build the report, comparing with run ``run_id``'s entries or with ``manifest``.
@@ -87,7 +87,7 @@ async def build_report(store: SQLiteStore, *, run_id: int | None = None,
                       "error": _first_line(j.last_error)} for j in failed],
         "rejected": rejected,
         "manifest": section,
-        "stats_drift": sum(int(e.get("off", 0)) for e in drift_events),
+        "stats_drift": sum(int(e.detail.get("off", 0)) for e in drift_events),
     }
 
 
@@ -98,7 +98,7 @@ def dumps(report: dict[str, Any]) -> str:
 # --- a recorded run ----------------------------------------------------------------------
 
 
-async def _compare_run(store: SQLiteStore, run_id: int
+async def _compare_run(store: StoreReader, run_id: int
                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     cmp = await store.compare_run(run_id)
     missing: list[Any] = list(cmp.missing)
@@ -109,18 +109,18 @@ async def _compare_run(store: SQLiteStore, run_id: int
         missing = [found.get(n, {"line": n}) for n in sorted(lines)]
     section = {"entries": cmp.entries, "distinct": cmp.distinct, "missing": missing,
                "not_terminal": cmp.not_terminal}
-    rejected = [{"line": r["line"], "reason": r["reason"]} for r in await store.run_rejects(run_id)]
+    rejected = [{"line": r.line, "reason": r.reason} for r in await store.run_rejects(run_id)]
     return section, rejected
 
 
-def _identities_at(info: dict[str, Any] | None, lines: set[int]) -> dict[int, Any]:
+def _identities_at(info: RunInfo | None, lines: set[int]) -> dict[int, Any]:
     """Identities at ``lines`` of a run's source, re-read with the run's options."""
-    if info is None or info["source"] == "-":
+    if info is None or info.source == "-":
         return {}
-    opts = info.get("options") or {}
+    opts = info.options or {}
     found: dict[int, Any] = {}
     with contextlib.suppress(ConfigError, OSError):
-        with open_manifest(info["source"], fmt=opts.get("format"), key=opts.get("key")) as m:
+        with open_manifest(info.source, fmt=opts.get("format"), key=opts.get("key")) as m:
             for item in m:
                 if isinstance(item, Entry) and item.line in lines:
                     found[item.line] = dict(item.spec.identity)
@@ -139,12 +139,7 @@ class _FileComparison:
     items: Iterator[Any]
     entries: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    _seen: sqlite3.Connection = field(init=False)
-
-    def __post_init__(self) -> None:
-        # "" is SQLite's private temporary on-disk database, removed when closed.
-        self._seen = sqlite3.connect("", check_same_thread=False)
-        self._seen.execute("CREATE TABLE seen (key BLOB PRIMARY KEY) WITHOUT ROWID")
+    _seen: DiskKeySet = field(default_factory=DiskKeySet)
 
     def next_chunk(self) -> list[tuple[str, dict[str, Any]]] | None:
         """The next chunk's first-seen ``(key, identity)`` pairs; None at the end."""
@@ -158,9 +153,7 @@ class _FileComparison:
                 continue
             self.entries += 1
             key = job_key(item.spec.identity)
-            cur = self._seen.execute("INSERT OR IGNORE INTO seen VALUES (?)",
-                                     (bytes.fromhex(key),))
-            if cur.rowcount:
+            if self._seen.add(key):
                 fresh.append((key, dict(item.spec.identity)))
         return fresh
 
@@ -168,7 +161,7 @@ class _FileComparison:
         self._seen.close()
 
 
-async def _compare_file(store: SQLiteStore, manifest: Manifest
+async def _compare_file(store: StoreReader, manifest: Manifest
                         ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     cmp = _FileComparison(iter(manifest))
     distinct = not_terminal = 0

@@ -7,13 +7,15 @@ async with syncward.Runtime(handler, store="sqlite:///jobs.db", concurrency=32) 
     snapshot = rt.stats()
 ```
 
-It runs inside the caller's event loop (it never creates or replaces one). Entering:
-open the store (which takes the owner lock), reconcile (leases of earlier boots go back
+It runs inside the caller's event loop (it never creates or replaces one). ``store`` is
+a URL (``sqlite:///jobs.db``, ``memory://``, ...; see `syncward.store.open_store`) or a
+`Store` object the caller opened and will close. Entering: open the store (an exclusive
+one takes its owner lock), reconcile (leases whose owners the store proves gone go back
 at once, their workers are marked dead, adapters clean their leftovers), register this
 boot's worker from the store's atomic counter, then start the tree::
 
-    root (rest-for-one): syncer, stats-keeper, lease-reaper, checkpointer,
-                         status-publisher, pool, sources...
+    root (rest-for-one): syncer, stats-keeper, lease-reaper, the store's housekeeping
+                         (SQLite: checkpointer), status-publisher, pool, sources...
     pool (one-for-one):  downloader-1..N, lease-renewer
 
 Leaving drains: leasing stops, downloaders finish the job in hand within ``grace``
@@ -31,30 +33,31 @@ import socket
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from syncward.actors.checkpointer import Checkpointer
 from syncward.actors.downloader import Downloader, Handler
 from syncward.actors.lease_reaper import LeaseReaper
 from syncward.actors.lease_renewer import LeaseRenewer
 from syncward.actors.mailbox import Mailbox
 from syncward.actors.pool import DownloaderPool
-from syncward.actors.publisher import StatusPublisher, status_path
+from syncward.actors.publisher import StatusPublisher
 from syncward.actors.stats_keeper import Stats, StatsKeeper, StatsSnapshot
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
-from syncward.adapters.sqlite import SQLiteStore
+from syncward.adapters.base import ReconcileHook
 from syncward.clock import Clock, SystemClock
 from syncward.errors import ConfigError, InvalidJob, SupervisorGaveUp
 from syncward.jobs import Job, JobSpec, canonical_identity, job_key
 from syncward.messages import (
+    Accepted,
     FinishRun,
     NewJob,
     Reconcile,
     ReconcileReport,
     RecordEvent,
     RegisterWorker,
+    Rejected,
     Reply,
     RunRejects,
     StartRun,
@@ -65,6 +68,7 @@ from syncward.messages import (
 )
 from syncward.report import build_report
 from syncward.retry import RetryPolicy
+from syncward.store import Store, open_store
 from syncward.supervisor import (
     Actor,
     ChildSpec,
@@ -87,16 +91,6 @@ log = logging.getLogger("syncward.runtime")
 
 _SUBMIT_CHUNK = 1000
 _SUBMIT_WINDOW = 8
-
-
-class ReconcileHook(Protocol):
-    """An adapter's start-up clean-up (e.g. partial files with no leased job).
-
-    Called after the store's own reconciliation, before any actor starts; returns a small
-    JSON-serialisable summary of what it did, kept in the reconciliation report.
-    """
-
-    async def __call__(self, store: SQLiteStore, *, dry_run: bool) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -162,7 +156,7 @@ class Runtime:
         self,
         handler: Handler,
         *,
-        store: str = "sqlite:///syncward.db",
+        store: str | Store = "sqlite:///syncward.db",
         concurrency: int = 32,
         prefetch: int | None = None,
         max_attempts: int = 5,
@@ -188,7 +182,8 @@ class Runtime:
         if lease_seconds <= 0:
             raise ConfigError(f"lease_seconds must be > 0, got {lease_seconds}")
         self.handler = handler
-        self.store_url = store
+        self.store_url = store if isinstance(store, str) else store.url
+        self._given_store = None if isinstance(store, str) else store
         self.concurrency = concurrency
         # Leased jobs waiting for a free downloader hide the commit that leases the next
         # ones: measured at concurrency 100 with 10 ms jobs, 4x prefetch ran ~50% more
@@ -218,7 +213,7 @@ class Runtime:
         self._stats = Stats()
         self._health = SyncerHealth()
         self._stack: contextlib.AsyncExitStack | None = None
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._killed = False
         self._closing = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -226,7 +221,7 @@ class Runtime:
     # --- entering and leaving --------------------------------------------------------
 
     @property
-    def store(self) -> SQLiteStore:
+    def store(self) -> Store:
         if self._store is None:
             raise RuntimeError("the runtime is not running (use `async with Runtime(...)`)")
         return self._store
@@ -235,9 +230,13 @@ class Runtime:
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
-            self._store = await SQLiteStore.open(
-                self.store_url, synchronous=self.synchronous, boot_id=self.boot_id)
-            stack.push_async_callback(self._store.aclose)
+            if self._given_store is not None:
+                self._store = self._given_store
+            else:
+                self._store = await open_store(self.store_url, synchronous=self.synchronous)
+                stack.push_async_callback(self._store.aclose)
+            await self._store.attach(self.boot_id)
+            stack.push_async_callback(self._store.publish_status, None)
             await self._reconcile()
             self._build()
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -271,8 +270,7 @@ class Runtime:
     async def _reconcile(self) -> None:
         store = self.store
         now = self.clock.now()
-        reply: Reply[ReconcileReport] = Reply()
-        result = await store.apply([Reconcile(self.boot_id, reply=reply)], now=now)
+        result = await store.apply([Reconcile(self.boot_id)], now=now)
         report = result.results[0]
         assert isinstance(report, ReconcileReport)
         adapters = {}
@@ -286,7 +284,9 @@ class Runtime:
         else:
             log.info("start-up reconciliation: nothing to do")
         reg = RegisterWorker(self.boot_id, os.getpid(), socket.gethostname(), reply=Reply())
-        self.worker = str((await store.apply([reg], now=now)).results[0])
+        registered = (await store.apply([reg], now=now)).results[0]
+        assert isinstance(registered, str)
+        self.worker = registered
 
     def _build(self) -> None:
         self._control = LeaseControl(owner=self.worker, boot_id=self.boot_id,
@@ -306,9 +306,10 @@ class Runtime:
                 ChildSpec(id="stats-keeper", factory=self._new_stats_keeper,
                           before_restart=lambda: self._stats_mb.redeliver("stats-keeper")),
                 ChildSpec(id="lease-reaper", factory=self._new_reaper),
-                ChildSpec(id="checkpointer", factory=lambda: Checkpointer(store=self.store)),
+                *(ChildSpec(id=name, factory=factory)
+                  for name, factory in self.store.housekeeping()),
                 ChildSpec(id="status-publisher", factory=lambda: StatusPublisher(
-                    path=status_path(self.store.path), snapshot=self._published)),
+                    publish=self.store.publish_status, snapshot=self._published)),
                 ChildSpec(id="pool", factory=self._new_pool, restart=Restart.TRANSIENT,
                           shutdown_timeout=self.grace + 5.0),
                 *(ChildSpec(id=f"source-{src.name}", factory=self._source_factory(src))
@@ -322,7 +323,8 @@ class Runtime:
     # --- actor factories (each call is a new incarnation) ----------------------------
 
     def _source_factory(self, source: Source) -> Callable[[], Actor]:
-        return lambda: source.actor(self)
+        port = _SourcePort(self)
+        return lambda: source.actor(port)
 
     def _new_syncer(self) -> Syncer:
         return Syncer(store=self.store, mailbox=self._syncer_mb, work=self._work_mb,
@@ -460,22 +462,21 @@ class Runtime:
     async def start_run(self, source: str, options: dict[str, Any]) -> int:
         """Record a run (a manifest being submitted); returns its id."""
         reply: Reply[int] = Reply()
-        await self._syncer_mb.send(StartRun(uuid.uuid4().hex, source, options, reply))
+        await self._syncer_mb.send(StartRun(uuid.uuid4().hex, source, options, reply,
+                                            boot_id=self.boot_id))
         return await reply.wait()
 
     async def reject_lines(self, run_id: int, items: Sequence[tuple[int, str, str]]) -> None:
         """Record manifest lines that could not become jobs: ``(line, reason, raw)``."""
         if items:
-            await self._call(RunRejects(run_id, tuple(items)))
+            reply: Reply[Accepted | Rejected] = Reply()
+            await self._syncer_mb.send(RunRejects(run_id, tuple(items), reply=reply))
+            await reply.wait()
 
     async def finish_run(self, run_id: int, status: str) -> None:
-        await self._call(FinishRun(run_id, status))
-
-    async def _call(self, msg: SyncerMsg) -> None:
-        """Send ``msg`` and wait for the commit that carries it (a round trip)."""
-        reply: Reply[SubmitResult] = Reply()
-        await self._syncer_mb.send(msg)
-        await self._syncer_mb.send(Submit((), reply=reply))
+        """Record how run ``run_id`` ended; returns after commit."""
+        reply: Reply[Accepted | Rejected] = Reply()
+        await self._syncer_mb.send(FinishRun(run_id, status, reply=reply))
         await reply.wait()
 
     async def send(self, msg: SyncerMsg) -> None:
@@ -543,6 +544,30 @@ class Runtime:
         report = await build_report(self.store, run_id=run_id)
         report["stats_drift"] = max(report["stats_drift"], self._stats.drift_total)
         return report
+
+
+class _SourcePort:
+    """The `SourcePort` a runtime hands its sources: send, room, clock, metadata."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    @property
+    def max_attempts(self) -> int:
+        return self._rt.max_attempts
+
+    @property
+    def clock(self) -> Clock:
+        return self._rt.clock
+
+    async def send(self, msg: SyncerMsg) -> None:
+        await self._rt.send(msg)
+
+    def room(self) -> int:
+        return self._rt.room()
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._rt.store.get_meta(key)
 
 
 def _mb_dict(mb: Mailbox[Any]) -> dict[str, object]:

@@ -33,10 +33,10 @@ from syncward.adapters._http_paths import (
 from syncward.adapters._http_status import retry_after
 from syncward.adapters._http_transfer import transfer
 from syncward.adapters.http import HttpFetcher, HttpStage, part_cleanup
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import Permanent
 from syncward.jobs import canonical_identity
 from syncward.messages import LeaseOrder, NewJob, Outcome, OutcomeKind, Submit
+from syncward.store.sqlite import SQLiteStore
 from syncward.testing import FakeClock
 
 archive_server = load_archive_module()

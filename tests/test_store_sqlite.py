@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from syncward.adapters._sqlite_schema import SCHEMA_VERSION
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import SchemaTooNew, StoreError, StoreLocked
 from syncward.jobs import JobState, canonical_identity, job_key, op_key
 from syncward.messages import (
@@ -53,6 +51,8 @@ from syncward.messages import (
     SubmitResult,
     SyncerMsg,
 )
+from syncward.store.sqlite import SQLiteStore
+from syncward.store.sqlite.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -95,7 +95,7 @@ async def store(open_store: OpenStore, tmp_db_url: str) -> SQLiteStore:
 
 
 def db_path(url: str) -> Path:
-    from syncward.adapters.sqlite import sqlite_path_from_url
+    from syncward.store.sqlite.store import sqlite_path_from_url
 
     return sqlite_path_from_url(url)
 
@@ -238,7 +238,8 @@ async def test_schema_too_new_is_refused_writable_and_readonly(
 
 
 async def test_second_writer_is_locked_out(open_store: OpenStore, tmp_db_url: str) -> None:
-    first = await open_store(tmp_db_url, boot_id="boot-A")
+    first = await open_store(tmp_db_url)
+    await first.attach("boot-A")
     lock_file = db_path(tmp_db_url).with_name("jobs.db.lock")
     assert json.loads(lock_file.read_text())["pid"] == os.getpid()
 

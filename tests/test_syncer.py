@@ -14,7 +14,6 @@ import pytest
 
 from syncward.actors.mailbox import Mailbox
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.jobs import Job, JobState, canonical_identity, job_key
 from syncward.messages import (
     Accepted,
@@ -29,6 +28,7 @@ from syncward.messages import (
     SubmitResult,
     SyncerMsg,
 )
+from syncward.store.sqlite import SQLiteStore
 from syncward.testing import FakeClock
 
 FAST = SyncerConfig(max_batch=100, max_delay=0.001, retry_initial=0.001, retry_max=0.01,

@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from syncward.actors.mailbox import Mailbox
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.errors import StoreUnavailable
 from syncward.jobs import Job, canonical_identity, job_key
 from syncward.messages import (
@@ -41,6 +40,7 @@ from syncward.messages import (
     SubmitResult,
     SyncerMsg,
 )
+from syncward.store.sqlite import SQLiteStore
 from syncward.testing import FakeClock
 
 MAX_ATTEMPTS = 2

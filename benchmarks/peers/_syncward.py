@@ -19,9 +19,9 @@ import anyio
 
 from benchmarks.peers.workers import _probe
 from syncward import Context, Job, JobState, Runtime
-from syncward.adapters.sqlite import SQLiteStore
 from syncward.jobs import canonical_identity, job_key
 from syncward.messages import NewJob, Submit
+from syncward.store.sqlite import SQLiteStore
 
 CONCURRENCY = 100
 
@@ -36,7 +36,7 @@ async def io(job: Job, ctx: Context) -> None:
 
 
 async def _presubmit(path: Path, n: int) -> None:
-    store = await SQLiteStore.open(f"sqlite:///{path}", boot_id="peers-enqueue")
+    store = await SQLiteStore.open(f"sqlite:///{path}")
     try:
         for start in range(0, n, 5_000):
             jobs = tuple(NewJob(key=job_key({"id": i}), identity=canonical_identity({"id": i}),

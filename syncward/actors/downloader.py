@@ -36,6 +36,7 @@ import anyio.to_thread
 from syncward.errors import LeaseLost, MailboxClosed, Permanent, Retry, Skip
 from syncward.jobs import Job, op_key
 from syncward.messages import (
+    Accepted,
     Effect,
     EffectResult,
     Outcome,
@@ -48,9 +49,9 @@ from syncward.messages import (
 
 if TYPE_CHECKING:
     from syncward.actors.mailbox import Mailbox
-    from syncward.adapters.base import Store
     from syncward.clock import Clock
     from syncward.retry import RetryPolicy
+    from syncward.store.base import StoreReader
     from syncward.testing.faults import Faults
 
 __all__ = ["Context", "Downloader", "Handler"]
@@ -66,7 +67,7 @@ class Context:
     outside tests (``syncward.testing`` has helpers).
     """
 
-    def __init__(self, job: Job, *, syncer: Mailbox[SyncerMsg], store: Store) -> None:
+    def __init__(self, job: Job, *, syncer: Mailbox[SyncerMsg], store: StoreReader) -> None:
         self.job = job
         self._syncer = syncer
         self._store = store
@@ -79,7 +80,7 @@ class Context:
         Raises:
             LeaseLost: this attempt's lease is gone; stop working on the job.
         """
-        reply: Reply[Any] = Reply()
+        reply: Reply[Accepted | Rejected] = Reply()
         await self._syncer.send(Stage(self.job.id, self.job.fence, name, reply))
         result = await reply.wait()
         if isinstance(result, Rejected):
@@ -107,12 +108,11 @@ class Context:
         else:
             value = await anyio.to_thread.run_sync(fn)
         text = json.dumps(value)
-        reply: Reply[Any] = Reply()
+        reply: Reply[EffectResult | Rejected] = Reply()
         await self._syncer.send(Effect(self.job.id, self.job.fence, key, kind, text, reply))
         result = await reply.wait()
         if isinstance(result, Rejected):
             raise LeaseLost(self.job.key, result.reason)
-        assert isinstance(result, EffectResult)
         return json.loads(result.result)
 
     async def claim(self, namespace: str, value: str) -> str:
@@ -128,14 +128,13 @@ class Context:
         recorded = await self._store.get_op(key)
         if recorded is not None:
             return str(json.loads(recorded))
-        reply: Reply[Any] = Reply()
+        reply: Reply[EffectResult | Rejected] = Reply()
         text = json.dumps(self.job.key)
         await self._syncer.send(Effect(self.job.id, self.job.fence, key, f"claim:{namespace}",
                                        text, reply))
         result = await reply.wait()
         if isinstance(result, Rejected):
             raise LeaseLost(self.job.key, result.reason)
-        assert isinstance(result, EffectResult)
         return str(json.loads(result.result))
 
     def progress(self, done: float, total: float | None = None) -> None:
@@ -158,7 +157,7 @@ class Downloader:
     """One incarnation of one downloader actor. See the module docstring."""
 
     def __init__(self, *, name: str, handler: Handler, work: Mailbox[Job],
-                 syncer: Mailbox[SyncerMsg], store: Store, clock: Clock, retry: RetryPolicy,
+                 syncer: Mailbox[SyncerMsg], store: StoreReader, clock: Clock, retry: RetryPolicy,
                  default_timeout: float | None, faults: Faults | None = None) -> None:
         self.name = name
         self.handler = handler

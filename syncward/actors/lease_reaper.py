@@ -18,8 +18,8 @@ from syncward.messages import ReapExpired, SyncerMsg
 
 if TYPE_CHECKING:
     from syncward.actors.mailbox import Mailbox
-    from syncward.adapters.base import Store
     from syncward.clock import Clock
+    from syncward.store.base import StoreReader
     from syncward.testing.faults import Faults
 
 __all__ = ["LeaseReaper"]
@@ -30,7 +30,7 @@ log = logging.getLogger("syncward.reaper")
 class LeaseReaper(LoopActor):
     """One incarnation of the lease-reaper actor."""
 
-    def __init__(self, *, store: Store, syncer: Mailbox[SyncerMsg], clock: Clock,
+    def __init__(self, *, store: StoreReader, syncer: Mailbox[SyncerMsg], clock: Clock,
                  every: float = 5.0, batch: int = 1000, faults: Faults | None = None) -> None:
         super().__init__()
         self.store = store

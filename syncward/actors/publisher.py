@@ -1,54 +1,34 @@
 """The status publisher: the runtime's in-memory truth, readable from another process.
 
-Owns: the sidecar file ``<db>.status.json``. Every ``every`` seconds it writes the
-runtime's status (syncer health with its current error, restarts, mailboxes, sources)
-there, atomically (a temporary file renamed over it), and removes it when it stops. The
-database cannot carry this: when commits fail (a full disk) the syncer's error is exactly
-what cannot be committed. ``syncward status`` reads the file when the store's owner is
-alive and the boot ids match.
+Owns: nothing. Every ``every`` seconds it hands the runtime's status (syncer health with
+its current error, restarts, mailboxes, sources) to the store's `publish_status`, which
+puts it where other processes can read it (SQLite: a sidecar file written atomically),
+and withdraws it when it stops. The database's own transactions cannot carry this: when
+commits fail (a full disk) the syncer's error is exactly what cannot be committed.
+``syncward status`` reads it back through `StoreReader.published_status`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
-__all__ = ["StatusPublisher", "status_path"]
+__all__ = ["StatusPublisher"]
 
 log = logging.getLogger("syncward.status")
-
-
-def status_path(db_path: Path) -> Path:
-    return Path(str(db_path) + ".status.json")
-
-
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, default=str))
-    os.replace(tmp, path)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 class StatusPublisher:
     """One incarnation of the status publisher actor."""
 
-    def __init__(self, *, path: Path, snapshot: Callable[[], dict[str, Any]],
-                 every: float = 1.0) -> None:
-        self.path = path
+    def __init__(self, *, publish: Callable[[dict[str, Any] | None], Awaitable[None]],
+                 snapshot: Callable[[], dict[str, Any]], every: float = 1.0) -> None:
+        self.publish = publish
         self.snapshot = snapshot
         self.every = every
         self._stop = anyio.Event()
@@ -62,11 +42,14 @@ class StatusPublisher:
         try:
             while not self._stop.is_set():
                 try:
-                    await anyio.to_thread.run_sync(_write, self.path, self.snapshot())
+                    await self.publish(self.snapshot())
                 except OSError as exc:  # a full disk must not take the runtime down
-                    log.warning("could not write %s: %s", self.path, exc)
+                    log.warning("could not publish the runtime's status: %s", exc)
                 with anyio.move_on_after(self.every):
                     await self._stop.wait()
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove, self.path)
+                try:
+                    await self.publish(None)
+                except OSError as exc:
+                    log.warning("could not withdraw the runtime's status: %s", exc)

@@ -45,12 +45,14 @@ from syncward.messages import (
     Submit,
     SubmitResult,
     SyncerMsg,
+    refuse,
+    settle,
 )
 
 if TYPE_CHECKING:
     from syncward.actors.mailbox import Mailbox
-    from syncward.adapters.base import Store
     from syncward.clock import Clock
+    from syncward.store.base import Store
     from syncward.testing.faults import Faults
 
 __all__ = [
@@ -254,12 +256,7 @@ class Syncer:
         log.error("refusing a %s the store cannot apply: %s: %s", type(msg).__name__,
                   type(exc).__name__, exc)
         self.health.rejected += 1
-        reply = getattr(msg, "reply", None)
-        if reply is not None:
-            if isinstance(msg, Submit):
-                reply.fail(exc)
-            else:
-                reply.set(Rejected(f"cannot be applied: {type(exc).__name__}: {exc}"))
+        refuse(msg, exc)
         self.mailbox.ack(CONSUMER, 1)
 
     def _record_failure(self, exc: StoreUnavailable) -> None:
@@ -308,9 +305,7 @@ class Syncer:
         for msg, res in zip(batch, result.results, strict=True):
             if isinstance(res, Rejected):
                 h.rejected += 1
-            reply = getattr(msg, "reply", None)
-            if reply is not None:
-                reply.set(res)
+            settle(msg, res)
             if isinstance(msg, Submit) and msg.on_commit is not None:
                 assert isinstance(res, SubmitResult)
                 msg.on_commit(res)

@@ -26,8 +26,8 @@ from syncward.jobs import ACTIVE
 if TYPE_CHECKING:
     from os import PathLike
 
-    from syncward.adapters.sqlite import SQLiteStore
-    from syncward.runtime import ReconcileHook
+    from syncward.adapters.base import ReconcileHook
+    from syncward.store.base import StoreReader
 
 __all__ = ["part_cleanup"]
 
@@ -45,7 +45,7 @@ def part_cleanup(dest_dir: str | PathLike[str], *, name: str = "http.parts"
     """
     dest = Path(dest_dir)
 
-    async def hook(store: SQLiteStore, *, dry_run: bool) -> dict[str, Any]:
+    async def hook(store: StoreReader, *, dry_run: bool) -> dict[str, Any]:
         parts = await anyio.to_thread.run_sync(scan_parts, dest)
         states = await store.key_states(sorted({key for _, key in parts})) if parts else {}
         orphans = [path for path, key in parts if states.get(key) not in ACTIVE]

@@ -46,7 +46,7 @@ except ImportError as exc:
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
-    from syncward.runtime import Runtime
+    from syncward.adapters.base import SourcePort
 
 __all__ = [
     "Decoded",
@@ -417,10 +417,10 @@ class RedisSource:
                                                           **target})
         self._current: RedisConsumer | None = None
 
-    def _make(self, runtime: Runtime) -> RedisConsumer:
+    def _make(self, runtime: SourcePort) -> RedisConsumer:
         raise NotImplementedError
 
-    def actor(self, runtime: Runtime) -> RedisConsumer:
+    def actor(self, runtime: SourcePort) -> RedisConsumer:
         self._current = self._make(runtime)
         return self._current
 
@@ -428,7 +428,7 @@ class RedisSource:
         current = self._current
         return self._state.as_dict(current.outstanding if current is not None else 0)
 
-    def consumer_args(self, runtime: Runtime) -> dict[str, Any]:
+    def consumer_args(self, runtime: SourcePort) -> dict[str, Any]:
         """The keyword arguments of `RedisConsumer` that come from this source."""
         cfg = self.config
         return {"name": self.name, "state": self._state, "runtime": runtime, "url": cfg.url,
@@ -444,7 +444,7 @@ class RedisConsumer:
     `_decode`, `_acknowledge` (after commit), `_dead_letter` and `_when_empty`.
     """
 
-    def __init__(self, *, name: str, state: IntakeState, runtime: Runtime, url: str,
+    def __init__(self, *, name: str, state: IntakeState, runtime: SourcePort, url: str,
                  batch: int, block: float, max_outstanding: int,
                  backoff: tuple[float, float]) -> None:
         self.name = name
@@ -701,7 +701,7 @@ class RedisConsumer:
         """
         state = self.state
         if state.consumer is None:
-            name = await self.runtime.store.get_meta(meta_key)
+            name = await self.runtime.get_meta(meta_key)
             if name is None:
                 n = await self.redis.incr(seq_key)
                 reply: Reply[str] = Reply()

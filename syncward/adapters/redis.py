@@ -17,7 +17,7 @@ How one runtime consumes (`RedisStreamSource`, one consumer of one group):
   from a listing. A runtime restarted on the same store is the same consumer.
 * On every (re)start and reconnect it first re-reads its own pending entries from ID 0
   (re-submits are no-ops: job keys), then reads new ones (``>``).
-* COUNT is bounded by `Runtime.room` and by ``max_outstanding``: entries submitted or
+* COUNT is bounded by `SourcePort.room` and by ``max_outstanding``: entries submitted or
   committed but not yet acknowledged age in the pending list too.
 * Every ``claim_every`` seconds it XAUTOCLAIMs entries idle longer than ``claim_idle``
   (those of a consumer that died) and processes them as its own.
@@ -77,7 +77,7 @@ if TYPE_CHECKING:
 
     import redis.asyncio as aioredis
 
-    from syncward.runtime import Runtime
+    from syncward.adapters.base import SourcePort
 
 __all__ = [
     "Malformed",
@@ -219,12 +219,12 @@ class RedisStreamSource(RedisSource):
         super().__init__(config, name=name,
                          target={"stream": config.stream, "group": config.group})
 
-    def _make(self, runtime: Runtime) -> _StreamConsumer:
+    def _make(self, runtime: SourcePort) -> _StreamConsumer:
         return _StreamConsumer(self, runtime)
 
 
 class _StreamConsumer(RedisConsumer):
-    def __init__(self, source: RedisStreamSource, runtime: Runtime) -> None:
+    def __init__(self, source: RedisStreamSource, runtime: SourcePort) -> None:
         super().__init__(**source.consumer_args(runtime))
         self.cfg = source.config
         self.cursor: Token = b"0"
@@ -240,7 +240,7 @@ class _StreamConsumer(RedisConsumer):
         cfg, state = self.cfg, self.state
         restarted = await self._check_server()
         meta_key = f"redis.stream.consumer:{endpoint(cfg.url)}/{cfg.stream}/{cfg.group}"
-        known = state.seen_before or await self.runtime.store.get_meta(meta_key) is not None
+        known = state.seen_before or await self.runtime.get_meta(meta_key) is not None
         if await self._create_group():
             if known:
                 await self._gap(

@@ -63,7 +63,7 @@ from syncward.errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from syncward.runtime import Runtime
+    from syncward.adapters.base import SourcePort
 
 __all__ = ["ListConfig", "RedisListSource"]
 
@@ -164,12 +164,12 @@ class RedisListSource(RedisSource):
     def __init__(self, config: ListConfig, *, name: str = "redis-list") -> None:
         super().__init__(config, name=name, target={"list": config.list})
 
-    def _make(self, runtime: Runtime) -> _ListConsumer:
+    def _make(self, runtime: SourcePort) -> _ListConsumer:
         return _ListConsumer(self, runtime)
 
 
 class _ListConsumer(RedisConsumer):
-    def __init__(self, source: RedisListSource, runtime: Runtime) -> None:
+    def __init__(self, source: RedisListSource, runtime: SourcePort) -> None:
         super().__init__(**source.consumer_args(runtime))
         self.cfg = source.config
         self._own_first = True

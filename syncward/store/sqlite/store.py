@@ -8,9 +8,17 @@ OS crash or a power cut, which WAL with NORMAL does not promise (the last transa
 may roll back); ``synchronous="normal"`` is an explicit opt-in fast mode.
 
 One owner: a writable store holds ``flock(LOCK_EX)`` on ``<db>.lock`` for as long as it
-is open, and writes its pid, host and start time there. The kernel drops the lock when
-the process dies, however it dies, so a lock that can be taken proves that no earlier
-owner is alive; its leases are stale at once. Read-only stores take no lock.
+is open, and writes its pid, host, start time and boot id there. The kernel drops the
+lock when the process dies, however it dies, so a lock that can be taken proves that no
+earlier owner is alive: the store is `Liveness.EXCLUSIVE` and every lease of another
+boot is stale at once. Read-only stores take no lock.
+
+Status for other processes: the running runtime publishes its in-memory status to the
+sidecar ``<db>.status.json`` (written atomically); `status` reads it when the lock's
+owner is alive and the boot ids match.
+
+Housekeeping: the `Checkpointer` actor copies the WAL back into the database off the
+commit path (the writer has automatic checkpoints turned off).
 """
 
 from __future__ import annotations
@@ -29,18 +37,32 @@ import aiosqlite
 import anyio
 import anyio.to_thread
 
-from syncward.adapters._sqlite_apply import BatchApplier
-from syncward.adapters._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
-from syncward.adapters.base import JobRow, LeaseRow, ManifestComparison, WorkerRow
 from syncward.errors import ConfigError, SchemaTooNew, StoreError, StoreLocked, StoreUnavailable
 from syncward.jobs import TERMINAL, Job, JobState
+from syncward.store.apply import Applier
+from syncward.store.base import (
+    EventRow,
+    JobRow,
+    LeaseRow,
+    Liveness,
+    ManifestComparison,
+    OwnerInfo,
+    RunInfo,
+    RunReject,
+    WorkerRow,
+)
+from syncward.store.port import run_to_completion
+from syncward.store.sqlite.checkpointer import Checkpointer
+from syncward.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
+from syncward.store.sqlite.tx import SQLiteTx
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from syncward.messages import ApplyResult, LeaseOrder, SyncerMsg
+    from syncward.supervisor import Actor
 
-__all__ = ["SQLiteStore", "sqlite_path_from_url"]
+__all__ = ["SQLiteStore", "sqlite_path_from_url", "status_path"]
 
 _JOB_COLS = (
     "id, key, identity, payload, state, stage, attempts, max_attempts, next_attempt_at,"
@@ -63,6 +85,17 @@ def sqlite_path_from_url(url: str) -> Path:
     if not path:
         raise ConfigError(f"store URL {url!r} names no file")
     return Path(path)
+
+
+def status_path(db_path: Path) -> Path:
+    """The sidecar file a running runtime publishes its status to."""
+    return Path(str(db_path) + ".status.json")
+
+
+_JOB_COLS = (
+    "id, key, identity, payload, state, stage, attempts, max_attempts, next_attempt_at,"
+    " lease_owner, lease_expires_at, fence, last_error, result, created_at, updated_at"
+)
 
 
 def _row_to_job(r: Sequence[Any]) -> JobRow:
@@ -94,11 +127,15 @@ class _OwnerLock:
                 owner = {}
             fh.close()
             raise StoreLocked(str(self.path.with_suffix("")), owner) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps(info))
-        fh.flush()
         self._fh = fh
+        self.write(info)
+
+    def write(self, info: dict[str, Any]) -> None:
+        assert self._fh is not None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps(info))
+        self._fh.flush()
 
     def release(self) -> None:
         if self._fh is not None:
@@ -108,8 +145,49 @@ class _OwnerLock:
             self._fh = None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_owner(path: Path) -> OwnerInfo | None:
+    """The owner recorded in ``<db>.lock`` (emptied when a runtime closes), and if it lives."""
+    try:
+        text = Path(str(path) + ".lock").read_text()
+        owner: dict[str, Any] = json.loads(text) if text.strip() else {}
+    except (OSError, ValueError):
+        return None
+    if not owner:
+        return None
+    alive: bool | None = None
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int):
+        alive = _pid_alive(pid)
+    return OwnerInfo(boot_id=owner.get("boot_id") or None,
+                     pid=pid if isinstance(pid, int) else None, host=owner.get("host"),
+                     since=owner.get("since"), alive=alive)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
 class SQLiteStore:
     """`Store` over one SQLite file. Create with `SQLiteStore.open`, close with `aclose`."""
+
+    liveness = Liveness.EXCLUSIVE
 
     def __init__(self, *, url: str, path: Path, reader: aiosqlite.Connection,
                  writer: sqlite3.Connection | None, lock: _OwnerLock | None) -> None:
@@ -117,15 +195,18 @@ class SQLiteStore:
         self.path = path
         self._reader = reader
         self._writer = writer
-        self._applier = BatchApplier(writer) if writer is not None else None
+        self._tx = SQLiteTx(writer) if writer is not None else None
+        self._applier = Applier()
         self._lock = lock
+        self._lock_info: dict[str, Any] = {}
         self._write_limiter = anyio.CapacityLimiter(1)
         self._checkpoint_limiter = anyio.CapacityLimiter(1)
         self._checkpointer: sqlite3.Connection | None = None
+        self._published = False
 
     @classmethod
     async def open(cls, url: str, *, readonly: bool = False, synchronous: str = "full",
-                   busy_timeout: float = 5.0, boot_id: str = "") -> SQLiteStore:
+                   busy_timeout: float = 5.0) -> SQLiteStore:
         """Open (creating and migrating when writable) the store at ``url``.
 
         Raises:
@@ -140,8 +221,9 @@ class SQLiteStore:
         if readonly:
             return await cls._open_readonly(url, path)
         lock = _OwnerLock(Path(str(path) + ".lock"))
-        lock.acquire({"pid": os.getpid(), "host": socket.gethostname(),
-                      "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "boot_id": boot_id})
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        lock.acquire(info)
         try:
             writer = await anyio.to_thread.run_sync(
                 cls._open_writer, path, synchronous, busy_timeout)
@@ -150,7 +232,9 @@ class SQLiteStore:
             raise
         reader = await aiosqlite.connect(str(path), isolation_level=None)
         await reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        return cls(url=url, path=path, reader=reader, writer=writer, lock=lock)
+        store = cls(url=url, path=path, reader=reader, writer=writer, lock=lock)
+        store._lock_info = info
+        return store
 
     @classmethod
     async def _open_readonly(cls, url: str, path: Path) -> SQLiteStore:
@@ -206,12 +290,22 @@ class SQLiteStore:
                 raise
         return conn
 
+    async def attach(self, boot_id: str) -> None:
+        """Record ``boot_id`` in the owner lock, so status can tell this boot's leases."""
+        if self._lock is None:
+            raise StoreError(f"store {self.path} is open read-only")
+        self._lock_info = {**self._lock_info, "boot_id": boot_id}
+        self._lock.write(self._lock_info)
+
+    def housekeeping(self) -> Sequence[tuple[str, Callable[[], Actor]]]:
+        return [("checkpointer", lambda: Checkpointer(store=self))]
+
     # --- the write entry point -------------------------------------------------------
 
     async def apply(self, batch: Sequence[SyncerMsg], *, now: float,
                     lease: LeaseOrder | None = None, recount: bool = False,
                     dry_run: bool = False) -> ApplyResult:
-        """See `syncward.adapters.base.Store.apply`.
+        """See `syncward.store.base.Store.apply`.
 
         Raises:
             StoreError: the store was opened read-only.
@@ -220,16 +314,30 @@ class SQLiteStore:
             sqlite3.Error: another database error (a constraint, a value out of range):
                 retrying the same batch would fail the same way.
         """
-        if self._applier is None:
+        if self._tx is None:
             raise StoreError(f"store {self.path} is open read-only")
-        applier = self._applier
         try:
             return await anyio.to_thread.run_sync(
-                applier.apply, batch, now, lease, recount, dry_run,
+                self._apply_in_thread, self._tx, batch, now, lease, recount, dry_run,
                 limiter=self._write_limiter,
             )
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable("commit", exc) from exc
+
+    def _apply_in_thread(self, tx: SQLiteTx, batch: Sequence[SyncerMsg], now: float,
+                         lease: LeaseOrder | None, recount: bool, dry_run: bool
+                         ) -> ApplyResult:
+        conn = tx.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = run_to_completion(
+                self._applier.apply(tx, batch, now=now, lease=lease, recount=recount))
+            conn.execute("ROLLBACK" if dry_run else "COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
 
     async def checkpoint(self) -> None:
         """A PASSIVE WAL checkpoint on a connection of its own (never blocks the writer).
@@ -251,6 +359,16 @@ class SQLiteStore:
         """Limit (or raise the limit of) the file's size, for disk-full drills."""
         if self._writer is not None:
             self._writer.execute(f"PRAGMA max_page_count = {int(pages)}")
+
+    async def publish_status(self, status: dict[str, Any] | None) -> None:
+        path = status_path(self.path)
+        if status is None:
+            if self._published:
+                await anyio.to_thread.run_sync(_remove, path)
+                self._published = False
+            return
+        await anyio.to_thread.run_sync(_write_json, path, status)
+        self._published = True
 
     # --- reads -----------------------------------------------------------------------
 
@@ -280,15 +398,16 @@ class SQLiteStore:
         return str(rows[0][0]) if rows else None
 
     async def ops_count(self) -> tuple[int, int]:
-        """(rows in the operation ledger, distinct op keys) — equal by the UNIQUE constraint."""
         rows = await self._fetchall("SELECT count(*), count(DISTINCT op_key) FROM ops")
         return int(rows[0][0]), int(rows[0][1])
 
-    async def jobs_in_state(self, state: JobState, *, limit: int | None = None) -> list[JobRow]:
-        sql = f"SELECT {_JOB_COLS} FROM jobs WHERE state = ? ORDER BY id"
+    async def jobs_in_state(self, state: JobState, *, limit: int | None = None,
+                            after: int | None = None) -> list[JobRow]:
+        sql = f"SELECT {_JOB_COLS} FROM jobs WHERE state = ? AND id > ? ORDER BY id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [_row_to_job(r) for r in await self._fetchall(sql, (state.value,))]
+        rows = await self._fetchall(sql, (state.value, after if after is not None else -1))
+        return [_row_to_job(r) for r in rows]
 
     async def expired_leases(self, now: float, *, limit: int) -> list[tuple[int, int]]:
         rows = await self._fetchall(
@@ -304,7 +423,6 @@ class SQLiteStore:
                          boot_id=r[4], expires_at=r[5], stage=r[6]) for r in rows]
 
     async def leased_jobs(self, boot_id: str, *, default_lease_seconds: float) -> list[Job]:
-        """The jobs leased to ``boot_id``, as a downloader would receive them."""
         rows = await self._fetchall(
             "SELECT id, key, identity, payload, attempts, max_attempts, stage, fence,"
             " lease_seconds, timeout, lease_expires_at FROM jobs"
@@ -319,6 +437,12 @@ class SQLiteStore:
             "SELECT min(next_attempt_at) FROM jobs WHERE state = 'planned'")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    async def retrying_count(self, *, limit: int = 10_000) -> int:
+        rows = await self._fetchall(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'planned' AND attempts > 0"
+            " LIMIT ?)", (limit,))
+        return int(rows[0][0])
+
     async def workers(self) -> list[WorkerRow]:
         rows = await self._fetchall(
             "SELECT name, boot_id, pid, host, status, started_at, heartbeat_at FROM workers"
@@ -329,14 +453,14 @@ class SQLiteStore:
         rows = await self._fetchall("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
-    async def events(self, *, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def events(self, *, kind: str | None = None, limit: int = 50) -> list[EventRow]:
         sql = "SELECT at, kind, detail FROM events"
         params: tuple[Any, ...] = ()
         if kind is not None:
             sql += " WHERE kind = ?"
             params = (kind,)
         rows = await self._fetchall(sql + f" ORDER BY id DESC LIMIT {int(limit)}", params)
-        return [{"at": r[0], "kind": r[1], **json.loads(r[2])} for r in rows]
+        return [EventRow(at=r[0], kind=r[1], detail=json.loads(r[2])) for r in rows]
 
     async def rejection_count(self) -> int:
         rows = await self._fetchall("SELECT count(*) FROM rejections")
@@ -346,14 +470,32 @@ class SQLiteStore:
         rows = await self._fetchall("SELECT max(id) FROM runs")
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
-    async def run_rejects(self, run_id: int) -> list[dict[str, Any]]:
+    async def run_info(self, run_id: int) -> RunInfo | None:
+        rows = await self._fetchall(
+            "SELECT id, source, options, status, started_at, finished_at FROM runs"
+            " WHERE id = ?", (run_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return RunInfo(id=int(r[0]), source=r[1], options=json.loads(r[2]), status=r[3],
+                       started_at=r[4], finished_at=r[5])
+
+    async def run_rejects(self, run_id: int) -> list[RunReject]:
         rows = await self._fetchall(
             "SELECT line, reason, raw FROM run_rejects WHERE run_id = ? ORDER BY line",
             (run_id,))
-        return [{"line": r[0], "reason": r[1], "raw": r[2]} for r in rows]
+        return [RunReject(line=r[0], reason=r[1], raw=r[2]) for r in rows]
+
+    async def run_states(self, run_id: int) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        rows = await self._fetchall(
+            "SELECT j.state, count(*) FROM (SELECT DISTINCT key FROM run_entries"
+            " WHERE run_id = ?) e JOIN jobs j ON j.key = e.key GROUP BY j.state", (run_id,))
+        for state, n in rows:
+            counts[JobState(state)] = int(n)
+        return counts
 
     async def compare_run(self, run_id: int) -> ManifestComparison:
-        """Compare a run's manifest entries with the jobs table."""
         (entries, distinct), = await self._fetchall(
             "SELECT count(*), count(DISTINCT key) FROM run_entries WHERE run_id = ?", (run_id,))
         missing = await self._fetchall(
@@ -367,60 +509,7 @@ class SQLiteStore:
             entries=int(entries), distinct=int(distinct),
             missing=[{"line": int(r[0])} for r in missing], not_terminal=int(not_terminal))
 
-    async def keys_present(self, keys: Sequence[str]) -> set[str]:
-        """Which of these job keys have a job (for comparing a manifest file)."""
-        present: set[str] = set()
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = await self._fetchall(f"SELECT key FROM jobs WHERE key IN ({marks})",
-                                        [bytes.fromhex(k) for k in chunk])
-            present.update(bytes(r[0]).hex() for r in rows)
-        return present
-
-    async def aclose(self) -> None:
-        """Close both connections and release the owner lock. Idempotent."""
-        with contextlib.suppress(Exception):
-            await self._reader.close()
-        if self._checkpointer is not None:
-            checkpointer, self._checkpointer = self._checkpointer, None
-            with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(checkpointer.close,
-                                               limiter=self._checkpoint_limiter)
-        if self._writer is not None:
-            writer, self._writer, self._applier = self._writer, None, None
-            with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(_checkpoint_and_close, writer,
-                                               limiter=self._write_limiter)
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    # --- reads for the command line (status, report, progress) -----------------------
-
-    async def run_info(self, run_id: int) -> dict[str, Any] | None:
-        """A run's record: id, source, options, status, started_at, finished_at."""
-        rows = await self._fetchall(
-            "SELECT id, source, options, status, started_at, finished_at FROM runs"
-            " WHERE id = ?", (run_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return {"id": int(r[0]), "source": r[1], "options": json.loads(r[2]), "status": r[3],
-                "started_at": r[4], "finished_at": r[5]}
-
-    async def run_states(self, run_id: int) -> dict[JobState, int]:
-        """A run's distinct manifest keys counted by their job's state (no job: not counted)."""
-        counts = dict.fromkeys(JobState, 0)
-        rows = await self._fetchall(
-            "SELECT j.state, count(*) FROM (SELECT DISTINCT key FROM run_entries"
-            " WHERE run_id = ?) e JOIN jobs j ON j.key = e.key GROUP BY j.state", (run_id,))
-        for state, n in rows:
-            counts[JobState(state)] = int(n)
-        return counts
-
     async def key_states(self, keys: Sequence[str]) -> dict[str, JobState]:
-        """The state of each of these job keys that has a job (absent keys are left out)."""
         states: dict[str, JobState] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
@@ -430,12 +519,48 @@ class SQLiteStore:
             states.update((bytes(r[0]).hex(), JobState(r[1])) for r in rows)
         return states
 
-    async def retrying_count(self, *, limit: int = 10_000) -> int:
-        """Planned jobs that have failed an attempt (waiting to retry), counted up to ``limit``."""
-        rows = await self._fetchall(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'planned' AND attempts > 0"
-            " LIMIT ?)", (limit,))
-        return int(rows[0][0])
+    async def owners(self) -> list[OwnerInfo]:
+        owner = await anyio.to_thread.run_sync(_lock_owner, self.path)
+        return [] if owner is None else [owner]
+
+    async def published_status(self, boot_id: str) -> dict[str, Any] | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                data: dict[str, Any] = json.loads(status_path(self.path).read_text())
+            except (OSError, ValueError):
+                return None
+            return data if data.get("boot_id") == boot_id else None
+        return await anyio.to_thread.run_sync(read)
+
+    async def last_write_at(self) -> float | None:
+        """The modification time of the database or its WAL (every commit writes one)."""
+        def newest() -> float | None:
+            times = []
+            for candidate in (self.path, Path(str(self.path) + "-wal")):
+                with contextlib.suppress(OSError):
+                    times.append(candidate.stat().st_mtime)
+            return max(times) if times else None
+        return await anyio.to_thread.run_sync(newest)
+
+    async def aclose(self) -> None:
+        """Close both connections and release the owner lock. Idempotent."""
+        with contextlib.suppress(Exception):
+            await self.publish_status(None)
+        with contextlib.suppress(Exception):
+            await self._reader.close()
+        if self._checkpointer is not None:
+            checkpointer, self._checkpointer = self._checkpointer, None
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(checkpointer.close,
+                                               limiter=self._checkpoint_limiter)
+        if self._writer is not None:
+            writer, self._writer, self._tx = self._writer, None, None
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(_checkpoint_and_close, writer,
+                                               limiter=self._write_limiter)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _checkpoint_and_close(conn: sqlite3.Connection) -> None:

@@ -108,6 +108,12 @@ CREATE TABLE meta (
 INSERT INTO meta (key, value) VALUES ('worker_seq', '0');
 """
 
+# A run belongs to the boot that runs it: only that boot's death interrupts it (a store
+# shared by several runtimes must not interrupt the runs of the living ones).
+_V2 = """
+ALTER TABLE runs ADD COLUMN boot_id TEXT;
+"""
+
 #: MIGRATIONS[i] takes a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,7 +17,7 @@ import anyio
 from syncward.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from syncward.adapters.sqlite import SQLiteStore
+    from syncward.store.sqlite.store import SQLiteStore
 
 __all__ = ["Checkpointer"]
 

@@ -1,0 +1,516 @@
+"""What every message means, written once for every backend.
+
+`Applier.apply` takes one batch of `SyncerMsg` and an open `WriteTx` (the backend's
+bulk operations inside one transaction) and returns the `ApplyResult`: a result per
+message, the committed deltas by state for the stats-keeper, the jobs leased, and a
+recount when asked for. The backend opens, commits and rolls back the transaction; this
+module decides:
+
+* **fencing** — a message that changes a leased job carries the lease's fencing token;
+  it is applied only while the job is still leased under that token, otherwise it is
+  rejected on its own (a `Rejected` result and a row in the store's rejections) without
+  disturbing the rest of the batch;
+* **retry or fail** — a retryable outcome of a job whose attempts are spent fails it,
+  naming why; a lease whose owner is gone counts as an attempt and is recorded as a crash;
+* **dedupe** — job keys are inserted unless present, and a submit delivered again after
+  its commit still counts the jobs it created as new (rows remember the creating token);
+  the first ledger row for an op key wins, within a batch as across batches;
+* **transitions** — every state change passes `check_transition`;
+* **deltas** — every state change is counted here, so counts and rows cannot disagree.
+
+Design note: the rows a batch touches are read once (`WriteTx.load`), every message is
+checked against that in-memory view in order — which is updated as messages are
+accepted, so per-job order is kept and a second final message for a job sees the first —
+and the writes are queued and flushed as one bulk operation per kind. Flush order is
+renewals, stages, final updates, releases: for any one job, non-final messages can only
+precede its final one in a batch (after it the job is no longer leased under that
+fence). The view is flushed before anything that reads the jobs table behind it
+(requeue, leasing, a recount). Reconciliation is row-wise through the same rule as a
+reaped lease (`_Batch.lose`), so one rule decides every lost lease on every backend.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, assert_never
+
+from syncward.errors import IllegalTransition
+from syncward.jobs import TERMINAL, Job, JobState, check_transition
+from syncward.messages import (
+    ACCEPTED,
+    ApplyResult,
+    Effect,
+    EffectResult,
+    FinishRun,
+    LeaseOrder,
+    Outcome,
+    OutcomeKind,
+    ReapExpired,
+    Reconcile,
+    ReconcileReport,
+    RecordEvent,
+    Recount,
+    RegisterWorker,
+    Rejected,
+    Release,
+    Renew,
+    Requeue,
+    Result,
+    RunRejects,
+    SetMeta,
+    Stage,
+    StartRun,
+    Submit,
+    SubmitResult,
+    SyncerMsg,
+    WorkerStatus,
+)
+from syncward.store.base import WorkerState
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from syncward.store.port import (
+        FencedRow,
+        FinalWrite,
+        InsertJob,
+        LeaseWrite,
+        OpWrite,
+        ReleaseWrite,
+        RenewWrite,
+        StageWrite,
+        WriteTx,
+    )
+
+__all__ = ["Applier"]
+
+MAX_LOST_LISTED = 20
+_OUTCOME_TARGET = {
+    OutcomeKind.SUCCEEDED: JobState.SUCCEEDED,
+    OutcomeKind.RETRY: JobState.PLANNED,
+    OutcomeKind.FAILED: JobState.FAILED,
+    OutcomeKind.SKIPPED: JobState.SKIPPED,
+}
+_FENCED = (Stage, Effect, Outcome, Release)
+
+
+class Stale(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class Applier:
+    """The one write entry point's rules. Holds no state between batches."""
+
+    async def apply(self, tx: WriteTx, batch: Sequence[SyncerMsg], *, now: float,
+                    lease: LeaseOrder | None = None, recount: bool = False) -> ApplyResult:
+        """Apply ``batch`` through ``tx`` (the caller commits or rolls back)."""
+        b = _Batch(tx, now)
+        await b.load(_touched_ids(batch))
+        await b.all(batch)
+        await b.flush()
+        leased = await b.lease(lease) if lease is not None and lease.n > 0 else []
+        counts = await tx.count_by_state() if recount else None
+        deltas = {s: d for s, d in b.deltas.items() if d}
+        results: list[Result] = []
+        for r in b.results:
+            assert r is not None, "an effect's result was never resolved"
+            results.append(r)
+        return ApplyResult(results=results, deltas=deltas, leased=leased, counts=counts)
+
+
+def _touched_ids(batch: Sequence[SyncerMsg]) -> set[int]:
+    """Every job id the batch's fenced messages touch (loaded in one go)."""
+    ids: set[int] = set()
+    for msg in batch:
+        if isinstance(msg, _FENCED):
+            ids.add(msg.job_id)
+        elif isinstance(msg, Renew):
+            ids.update(item[0] for item in msg.items)
+        elif isinstance(msg, ReapExpired):
+            ids.update(item[0] for item in msg.items)
+    return ids
+
+
+@dataclass
+class _Batch:
+    """One batch in progress: the view of its rows, its queued writes, its results."""
+
+    tx: WriteTx
+    now: float
+    rows: dict[int, FencedRow] = field(default_factory=dict)
+    results: list[Result | None] = field(default_factory=list)
+    deltas: dict[JobState, int] = field(default_factory=dict)
+    renews: list[RenewWrite] = field(default_factory=list)
+    stages: list[StageWrite] = field(default_factory=list)
+    finals: list[FinalWrite] = field(default_factory=list)
+    releases: list[ReleaseWrite] = field(default_factory=list)
+    rejections: list[tuple[float, int | None, str, str]] = field(default_factory=list)
+    effects: list[tuple[int, Effect]] = field(default_factory=list)  # (result index, msg)
+
+    # --- the view ----------------------------------------------------------------------
+
+    async def load(self, ids: set[int]) -> None:
+        todo = [i for i in ids if i not in self.rows]
+        if todo:
+            for row in await self.tx.load(todo):
+                self.rows[row.id] = row
+
+    def leased(self, job_id: int, fence: int) -> FencedRow:
+        """The row, if it is leased under ``fence``.
+
+        Raises:
+            Stale: unknown job, not leased, or leased under another fence.
+        """
+        row = self.rows.get(job_id)
+        if row is None:
+            raise Stale(f"unknown job id {job_id}")
+        if row.fence != fence or row.state is not JobState.LEASED:
+            raise Stale(f"stale fence {fence}: job is {row.state.value} with fence {row.fence}")
+        return row
+
+    def reject(self, job_id: int | None, msg: SyncerMsg, reason: str) -> Rejected:
+        self.rejections.append((self.now, job_id, type(msg).__name__, reason))
+        return Rejected(reason)
+
+    def move(self, old: JobState, new: JobState, n: int = 1) -> None:
+        if old is not new and n:
+            self.deltas[old] = self.deltas.get(old, 0) - n
+            self.deltas[new] = self.deltas.get(new, 0) + n
+
+    def _move_row(self, row: FencedRow, target: JobState) -> None:
+        check_transition(row.state, target)
+        self.move(row.state, target)
+        row.state = target
+
+    def _end(self, row: FencedRow, by: str) -> None:
+        row.ended_fence, row.ended_by, row.ended_here = row.fence, by, True
+
+    async def flush(self) -> None:
+        tx = self.tx
+        if self.renews:
+            await tx.renew(self.renews)
+            self.renews = []
+        if self.stages:
+            await tx.set_stages(self.stages)
+            self.stages = []
+        if self.finals:
+            await tx.finish(self.finals)
+            self.finals = []
+        if self.releases:
+            await tx.release(self.releases)
+            self.releases = []
+        if self.effects:
+            await self._record_effects()
+        if self.rejections:
+            await tx.reject(self.rejections)
+            self.rejections = []
+
+    # --- dispatch ----------------------------------------------------------------------
+
+    async def all(self, batch: Sequence[SyncerMsg]) -> None:
+        """Results in message order; runs of consecutive submits are inserted together."""
+        i = 0
+        while i < len(batch):
+            msg = batch[i]
+            if isinstance(msg, Submit):
+                j = i + 1
+                while j < len(batch) and isinstance(batch[j], Submit):
+                    j += 1
+                self.results.extend(await self.submits(batch[i:j]))  # type: ignore[arg-type]
+                i = j
+                continue
+            self.results.append(await self.one(msg))
+            i += 1
+
+    async def one(self, msg: SyncerMsg) -> Result | None:
+        match msg:
+            case Submit():
+                return (await self.submits([msg]))[0]
+            case Recount():
+                return ACCEPTED
+            case Renew():
+                return self.renew(msg)
+            case Stage() | Effect() | Outcome() | Release():
+                return self.fenced(msg)
+            case ReapExpired():
+                return self.reap(msg)
+            case Requeue():
+                return await self.requeue(msg)
+            case Reconcile():
+                return await self.reconcile(msg)
+            case RegisterWorker():
+                return await self.register(msg)
+            case WorkerStatus():
+                await self.tx.set_worker_status([msg.name], msg.status, self.now)
+                return ACCEPTED
+            case RecordEvent():
+                await self.tx.insert_event(msg.at, msg.kind,
+                                           json.dumps(dict(msg.detail), default=str))
+                return ACCEPTED
+            case StartRun():
+                return await self.tx.start_run(
+                    msg.token, msg.source, json.dumps(dict(msg.options), default=str),
+                    msg.boot_id, self.now)
+            case RunRejects():
+                await self.tx.insert_run_rejects(
+                    [(msg.run_id, line, reason, raw) for line, reason, raw in msg.items])
+                return ACCEPTED
+            case FinishRun():
+                await self.tx.finish_run(msg.run_id, msg.status, self.now)
+                return ACCEPTED
+            case SetMeta():
+                return await self.tx.set_meta(msg.key, msg.value,
+                                              only_if_absent=msg.only_if_absent)
+            case _:
+                assert_never(msg)
+
+    # --- jobs --------------------------------------------------------------------------
+
+    async def submits(self, msgs: Sequence[Submit]) -> list[SubmitResult]:
+        """Insert the jobs of consecutive submits at once; count new and duplicate per message.
+
+        The keys already present are looked up first, so each message learns its own
+        counts although the rows go in with one bulk insert. A job row remembers the token
+        of the submit that created it, so a submit delivered again (its commit went
+        through, its reply did not) counts its own jobs as new. A key another writer
+        inserted between the lookup and the insert (a shared store) counts as a duplicate.
+        """
+        now = self.now
+        keys = [bytes.fromhex(j.key) for m in msgs for j in m.jobs]
+        creator: dict[bytes, int | None] = await self.tx.creators(keys) if keys else {}
+        rows: list[InsertJob] = []
+        entries: list[tuple[int, int, bytes]] = []
+        mine: list[tuple[int, bytes]] = []  # (message index, key) inserted by this batch
+        counts: list[int] = []
+        k = 0
+        for index, msg in enumerate(msgs):
+            new = 0
+            counted: set[bytes] = set()
+            for job in msg.jobs:
+                key = keys[k]
+                k += 1
+                if key not in creator:
+                    creator[key] = msg.token
+                    counted.add(key)
+                    mine.append((index, key))
+                    rows.append((key, job.identity, job.payload, job.max_attempts, now,
+                                 job.lease_seconds, job.timeout, msg.token, now))
+                elif creator[key] == msg.token and key not in counted:
+                    counted.add(key)  # created by this very message, delivered before
+                    new += 1
+                if msg.run_id is not None and job.line is not None:
+                    entries.append((msg.run_id, job.line, key))
+            counts.append(new)
+        if rows:
+            inserted = await self.tx.insert_jobs(rows)
+            for index, key in mine:
+                if key in inserted:
+                    counts[index] += 1
+            self.deltas[JobState.PLANNED] = self.deltas.get(JobState.PLANNED, 0) + len(inserted)
+        if entries:
+            await self.tx.insert_run_entries(entries)
+        return [SubmitResult(new=new, duplicates=len(msg.jobs) - new)
+                for new, msg in zip(counts, msgs, strict=True)]
+
+    def renew(self, msg: Renew) -> Result:
+        stale = 0
+        for job_id, fence, seconds in msg.items:
+            try:
+                row = self.leased(job_id, fence)
+            except Stale as exc:
+                stale += 1
+                self.reject(job_id, msg, f"{exc.reason}: lease not renewed")
+                continue
+            row.lease_expires_at = self.now + seconds
+            self.renews.append((row.lease_expires_at, self.now, row.id, row.fence))
+        return ACCEPTED if not stale else Rejected(f"{stale} lease(s) were no longer held")
+
+    def fenced(self, msg: Stage | Effect | Outcome | Release) -> Result | None:
+        try:
+            row = self.leased(msg.job_id, msg.fence)
+            match msg:
+                case Stage():
+                    check_transition(row.state, JobState.LEASED)
+                    row.stage = msg.stage
+                    self.stages.append((msg.stage, self.now, row.id, row.fence))
+                case Effect():
+                    self.effects.append((len(self.results), msg))
+                    return None  # resolved when the ledger rows are written
+                case Outcome():
+                    self.outcome(row, msg)
+                case Release():
+                    self.release(row)
+                case _:
+                    assert_never(msg)
+            return ACCEPTED
+        except Stale as stale:
+            if isinstance(msg, Outcome) and self.already_applied(msg):
+                return ACCEPTED  # the same outcome, delivered again: already committed
+            return self.reject(msg.job_id, msg, stale.reason)
+        except IllegalTransition as exc:
+            return self.reject(msg.job_id, msg, str(exc))
+
+    def outcome(self, row: FencedRow, msg: Outcome) -> None:
+        kind, error = msg.kind, msg.error
+        if kind is OutcomeKind.RETRY and row.attempts >= row.max_attempts:
+            kind = OutcomeKind.FAILED
+            error = f"attempts exhausted ({row.attempts}/{row.max_attempts}): {msg.error}"
+        self._move_row(row, _OUTCOME_TARGET[kind])
+        self._end(row, msg.kind.value)
+        next_at = msg.retry_at if msg.retry_at is not None else self.now
+        self.finals.append((row.state.value, msg.result, error, next_at, row.attempts,
+                            row.fence, msg.kind.value, self.now, row.id))
+
+    def release(self, row: FencedRow) -> None:
+        """Given back unfinished (shutdown): planned again, the attempt not counted."""
+        self._move_row(row, JobState.PLANNED)
+        row.attempts = max(row.attempts - 1, 0)
+        self._end(row, "released")
+        self.releases.append((row.attempts, self.now, row.fence, self.now, row.id))
+
+    def lose(self, row: FencedRow, why: str) -> str:
+        """A lease whose owner is gone: planned again, or failed when attempts are spent.
+
+        The lost lease counts as an attempt (counted when it was granted) and is recorded
+        as a crash, distinct from a handler error.
+        """
+        note = f"lease lost at stage {row.stage or 'start'}, attempt {row.attempts} ({why})"
+        target = JobState.FAILED if row.attempts >= row.max_attempts else JobState.PLANNED
+        self._move_row(row, target)
+        self._end(row, "lost")
+        self.finals.append((row.state.value, None, note, self.now, row.attempts, row.fence,
+                            "lost", self.now, row.id))
+        return note
+
+    def already_applied(self, msg: Outcome) -> bool:
+        """Whether this outcome is the one that already ended its lease (a redelivery).
+
+        True only if the last lease of the job to end was ``msg.fence``, an outcome of the
+        same kind ended it — even if the job has been leased again since — and it was not
+        ended within this batch (a second outcome for one lease in one batch is stale).
+        """
+        row = self.rows.get(msg.job_id)
+        return (row is not None and not row.ended_here and row.ended_fence == msg.fence
+                and row.ended_by == msg.kind.value)
+
+    async def _record_effects(self) -> None:
+        """Write the queued ledger rows (first writer of an op key wins) and answer them."""
+        pending, self.effects = self.effects, []
+        first: dict[bytes, int] = {}  # op key -> result index of its first writer here
+        writes: list[OpWrite] = []
+        for index, msg in pending:
+            key = bytes.fromhex(msg.op_key)
+            if key not in first:
+                first[key] = index
+                writes.append((key, msg.job_id, msg.kind, msg.result, self.now))
+        stored = await self.tx.record_ops(writes)
+        for index, msg in pending:
+            key = bytes.fromhex(msg.op_key)
+            result, inserted = stored[key]
+            ours = inserted and first[key] == index
+            self.results[index] = EffectResult(result=result, recorded_before=not ours)
+
+    def reap(self, msg: ReapExpired) -> Result:
+        reaped = 0
+        for job_id, fence in msg.items:
+            try:
+                row = self.leased(job_id, fence)
+            except Stale as stale:
+                self.reject(job_id, msg, stale.reason)
+                continue
+            if row.lease_expires_at is None or row.lease_expires_at > self.now:
+                self.reject(job_id, msg, "lease was renewed before it was reaped")
+                continue
+            self.lose(row, "lease expired")
+            reaped += 1
+        return reaped
+
+    async def requeue(self, msg: Requeue) -> Result:
+        """Terminal jobs back to planned with attempts reset (the dead-letter path)."""
+        if msg.state not in TERMINAL:
+            return self.reject(None, msg, str(IllegalTransition(
+                msg.state, JobState.PLANNED, job="(requeue: not terminal)")))
+        try:
+            check_transition(msg.state, JobState.PLANNED)  # before any row changes
+        except IllegalTransition as exc:
+            return self.reject(None, msg, str(exc))
+        await self.flush()
+        keys = None if msg.keys is None else [bytes.fromhex(k) for k in msg.keys]
+        ids = await self.tx.requeue_candidates(msg.state, keys, msg.decided_at)
+        if ids:
+            await self.tx.requeue([(self.now, self.now, job_id) for job_id in ids])
+            viewed = {job_id for job_id in ids if self.rows.pop(job_id, None) is not None}
+            await self.load(viewed)  # the view must not keep the terminal state
+        self.move(msg.state, JobState.PLANNED, len(ids))
+        return len(ids)
+
+    async def lease(self, order: LeaseOrder) -> list[Job]:
+        """Lease up to ``order.n`` due jobs: fence and attempts go up by one."""
+        await self.flush()
+        rows = await self.tx.due(order.n, self.now)
+        if not rows:
+            return []
+        check_transition(JobState.PLANNED, JobState.LEASED)
+        now = self.now
+        loads = json.loads
+        default_seconds = order.default_lease_seconds
+        jobs: list[Job] = []
+        writes: list[LeaseWrite] = []
+        for r in rows:
+            seconds = r.lease_seconds if r.lease_seconds is not None else default_seconds
+            writes.append((order.owner, order.boot_id, now + seconds, now, r.id))
+            jobs.append(Job(
+                id=r.id, key=r.key.hex(), identity=loads(r.identity),
+                payload={} if r.payload == "{}" else loads(r.payload), attempt=r.attempts + 1,
+                max_attempts=r.max_attempts, stage=r.stage, fence=r.fence + 1,
+                lease_seconds=seconds, lease_expires_at=now + seconds, timeout=r.timeout,
+            ))
+        await self.tx.lease(writes)
+        self.move(JobState.PLANNED, JobState.LEASED, len(jobs))
+        return jobs
+
+    # --- workers and reconciliation ----------------------------------------------------
+
+    async def register(self, msg: RegisterWorker) -> Result:
+        """One worker per boot, named from the store's atomic counter, never a listing."""
+        name = await self.tx.worker_by_boot(msg.boot_id)
+        if name is not None:
+            return name
+        name = f"worker-{await self.tx.next_worker_number()}"
+        await self.tx.insert_worker(name, msg.boot_id, msg.pid, msg.host, self.now)
+        return name
+
+    async def reconcile(self, msg: Reconcile) -> Result:
+        """Leases whose owners the store proves gone go back, each through `lose`.
+
+        Each lost lease counts as an attempt and is recorded as a crash: planned again,
+        or failed when its attempts are spent. Workers of dead boots are marked dead and
+        their runs interrupted. A dry run reports the same without changing anything.
+        """
+        tx = self.tx
+        ids = await tx.lost_lease_ids(msg.boot_id)
+        await self.load(set(ids))
+        lost = [self.rows[i] for i in ids if i in self.rows
+                and self.rows[i].state is JobState.LEASED]
+        failed = sum(1 for row in lost if row.attempts >= row.max_attempts)
+        dead = await tx.dead_workers(msg.boot_id)
+        if msg.dry_run:
+            notes = [f"lease lost at stage {row.stage or 'start'}, attempt {row.attempts} "
+                     "(its process is gone)" for row in lost[:MAX_LOST_LISTED]]
+        else:
+            notes = [self.lose(row, "its process is gone") for row in lost]
+            await tx.set_worker_status(dead, WorkerState.DEAD.value, self.now)
+        interrupted = await tx.interrupt_runs(msg.boot_id, self.now, dry_run=msg.dry_run)
+        listed = [f"job {row.key.hex()[:16]}: {note}"
+                  for row, note in zip(lost[:MAX_LOST_LISTED], notes, strict=False)]
+        report = ReconcileReport(
+            boot_id=msg.boot_id, at=self.now, dry_run=msg.dry_run,
+            leases_requeued=len(lost) - failed, leases_failed=failed,
+            workers_marked_dead=tuple(dead), runs_interrupted=interrupted, lost=tuple(listed),
+        )
+        if not msg.dry_run:
+            await tx.set_meta("last_reconcile", json.dumps(report.as_dict()),
+                              only_if_absent=False)
+        return report

@@ -1,0 +1,221 @@
+"""The write port: the bulk operations a backend implements, inside one transaction.
+
+`syncward.store.apply` decides what every message means and drives a `WriteTx`; a backend
+answers "load these rows", "insert these jobs unless present", "update these if the fence
+still matches", "lease the next N due jobs", and a few more, each in its own SQL (or, for
+the memory store, its own dicts). One batch makes one call per kind of operation, so a
+batch of a thousand outcomes is one ``executemany``, not a thousand statements.
+
+Design note: the methods are ``async`` so that a backend with an async driver (asyncpg)
+awaits each one on the event loop. A backend with a synchronous driver (sqlite3, the
+memory store) implements them without ever suspending, and runs the whole applier
+coroutine to completion in one go (`run_to_completion`), in a worker thread when the
+driver blocks: one thread hop per batch, as before the port existed. The rules are thus
+written once and run unchanged on both kinds of driver.
+
+Writes are plain tuples in a documented field order (the aliases below), not objects:
+they are built once per job on the hottest path and handed straight to ``executemany``.
+Every write is fenced in its SQL as well (``WHERE id = ? AND fence = ?``) even though the
+applier checked the fence against the rows it loaded: a shared store locks the loaded rows
+for the transaction (``FOR UPDATE``), and the fence in the ``WHERE`` is the second lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Coroutine, Sequence
+
+    from syncward.jobs import JobState
+
+__all__ = [
+    "DueRow",
+    "FencedRow",
+    "FinalWrite",
+    "InsertJob",
+    "LeaseWrite",
+    "OpWrite",
+    "ReleaseWrite",
+    "RenewWrite",
+    "RequeueWrite",
+    "StageWrite",
+    "WriteTx",
+    "run_to_completion",
+]
+
+T = TypeVar("T")
+
+#: (key, identity JSON, payload JSON, max_attempts, next_attempt_at, lease_seconds,
+#:  timeout, created_by token, created_at = updated_at)
+InsertJob: TypeAlias = tuple[bytes, str, str, int, float, "float | None", "float | None", int,
+                             float]
+#: (lease_expires_at, updated_at, job id, fence)
+RenewWrite: TypeAlias = tuple[float, float, int, int]
+#: (stage, updated_at, job id, fence)
+StageWrite: TypeAlias = tuple[str, float, int, int]
+#: (state, result JSON, last_error, next_attempt_at, attempts, ended_fence, ended_by,
+#:  updated_at, job id) — the lease ends: owner, boot and expiry are cleared.
+FinalWrite: TypeAlias = tuple[str, "str | None", "str | None", float, int, int, str, float, int]
+#: (attempts, next_attempt_at, ended_fence, updated_at, job id) — back to planned,
+#:  ended by "released"; result and last error are kept.
+ReleaseWrite: TypeAlias = tuple[int, float, int, float, int]
+#: (owner, boot id, lease_expires_at, updated_at, job id) — fence and attempts go up by one.
+LeaseWrite: TypeAlias = tuple[str, str, float, float, int]
+#: (op key, job id, kind, result JSON, committed_at)
+OpWrite: TypeAlias = tuple[bytes, int, str, str, float]
+#: (next_attempt_at, updated_at, job id) — planned, attempts 0, result cleared.
+RequeueWrite: TypeAlias = tuple[float, float, int]
+
+
+@dataclass(slots=True)
+class FencedRow:
+    """The columns of a job that fenced messages check and change (a mutable view)."""
+
+    id: int
+    state: JobState
+    fence: int
+    attempts: int
+    max_attempts: int
+    stage: str | None
+    lease_expires_at: float | None
+    key: bytes
+    ended_fence: int | None  # the last lease that ended, and what ended it: a redelivered
+    ended_by: str | None  # outcome is recognised as already applied by these
+    ended_here: bool = False  # ended by a message of this very batch
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    """A planned job that is due, as the lease query returns it."""
+
+    id: int
+    key: bytes
+    identity: str
+    payload: str
+    attempts: int
+    max_attempts: int
+    stage: str | None
+    fence: int
+    lease_seconds: float | None
+    timeout: float | None
+
+
+class WriteTx(Protocol):
+    """One open write transaction. Only `syncward.store.apply` calls these."""
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    async def load(self, ids: Collection[int]) -> list[FencedRow]:
+        """The rows of these job ids that exist (locked for the transaction if shared)."""
+        ...
+
+    async def creators(self, keys: Sequence[bytes]) -> dict[bytes, int | None]:
+        """For the keys that have a job: the token of the submit that created it."""
+        ...
+
+    async def insert_jobs(self, rows: Sequence[InsertJob]) -> set[bytes]:
+        """Insert planned jobs unless their key exists; returns the keys inserted."""
+        ...
+
+    async def insert_run_entries(self, entries: Sequence[tuple[int, int, bytes]]) -> None:
+        """``(run id, line, key)``, unless present."""
+        ...
+
+    async def renew(self, writes: Sequence[RenewWrite]) -> None: ...
+
+    async def set_stages(self, writes: Sequence[StageWrite]) -> None: ...
+
+    async def finish(self, writes: Sequence[FinalWrite]) -> None: ...
+
+    async def release(self, writes: Sequence[ReleaseWrite]) -> None: ...
+
+    async def due(self, n: int, now: float) -> list[DueRow]:
+        """Up to ``n`` planned jobs due at ``now``, oldest due first (skipping rows another
+        transaction holds)."""
+        ...
+
+    async def lease(self, writes: Sequence[LeaseWrite]) -> None: ...
+
+    async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
+                                 decided_at: float) -> list[int]:
+        """Ids of jobs in ``state`` (among ``keys``, or all) not updated after ``decided_at``."""
+        ...
+
+    async def requeue(self, writes: Sequence[RequeueWrite]) -> None: ...
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        """A consistent count, every state present."""
+        ...
+
+    async def record_ops(self, writes: Sequence[OpWrite]) -> dict[bytes, tuple[str, bool]]:
+        """Insert ledger rows unless their op key exists (distinct keys, first one wins).
+
+        Returns, for every key written, the committed result and whether this call
+        inserted it.
+        """
+        ...
+
+    async def reject(self, rows: Sequence[tuple[float, int | None, str, str]]) -> None:
+        """Record refused messages: ``(at, job id, message kind, reason)``."""
+        ...
+
+    # --- liveness and reconciliation ---------------------------------------------------
+
+    async def lost_lease_ids(self, boot_id: str) -> list[int]:
+        """Ids of leased jobs whose owner the store proves dead, seen from ``boot_id``."""
+        ...
+
+    async def dead_workers(self, boot_id: str) -> list[str]:
+        """Names of workers not marked dead or stopped whose boot the store proves dead."""
+        ...
+
+    async def interrupt_runs(self, boot_id: str, now: float, *, dry_run: bool) -> int:
+        """Mark running runs of boots the store proves dead interrupted; returns how many
+        (with ``dry_run``, only counts them)."""
+        ...
+
+    # --- workers, runs, events, metadata -------------------------------------------------
+
+    async def worker_by_boot(self, boot_id: str) -> str | None: ...
+
+    async def next_worker_number(self) -> int:
+        """The next value of the store's atomic worker counter (never reused)."""
+        ...
+
+    async def insert_worker(self, name: str, boot_id: str, pid: int, host: str,
+                            now: float) -> None: ...
+
+    async def set_worker_status(self, names: Sequence[str], status: str, now: float) -> None: ...
+
+    async def insert_event(self, at: float, kind: str, detail: str) -> None: ...
+
+    async def start_run(self, token: str, source: str, options: str, boot_id: str,
+                        now: float) -> int:
+        """Insert the run unless its token exists; returns its id either way."""
+        ...
+
+    async def insert_run_rejects(self, rows: Sequence[tuple[int, int, str, str]]) -> None:
+        """``(run id, line, reason, raw)``, unless present."""
+        ...
+
+    async def finish_run(self, run_id: int, status: str, now: float) -> None: ...
+
+    async def set_meta(self, key: str, value: str, *, only_if_absent: bool) -> str:
+        """Write one metadata key; returns the value stored."""
+        ...
+
+
+def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (the applier over a synchronous port).
+
+    Raises:
+        RuntimeError: the coroutine suspended: its port was not synchronous after all.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a synchronous store port suspended")

@@ -1,0 +1,236 @@
+"""The write port over one sqlite3 connection: plain SQL, no rules.
+
+Every method runs synchronously on the calling thread and never suspends (see
+`syncward.store.port`): `SQLiteStore.apply` runs the applier in one worker thread,
+inside ``BEGIN IMMEDIATE`` … ``COMMIT``.
+
+SQLite is an exclusive store (one runtime holds its OS lock), so every boot but the
+caller's is dead, and a lookup followed by an insert cannot race another writer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from syncward.jobs import JobState
+from syncward.store.port import DueRow, FencedRow
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Collection, Iterable, Sequence
+
+    from syncward.store.port import (
+        FinalWrite,
+        InsertJob,
+        LeaseWrite,
+        OpWrite,
+        ReleaseWrite,
+        RenewWrite,
+        RequeueWrite,
+        StageWrite,
+    )
+
+__all__ = ["SQLiteTx"]
+
+_CHUNK = 500
+_STATE = {s.value: s for s in JobState}
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start:start + _CHUNK]
+
+
+class SQLiteTx:
+    """`WriteTx` over the writer connection, inside a transaction the store opened."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    async def load(self, ids: Collection[int]) -> list[FencedRow]:
+        rows: list[FencedRow] = []
+        state = _STATE
+        for chunk in _chunks(list(ids)):
+            marks = ",".join("?" * len(chunk))
+            for r in self.conn.execute(
+                "SELECT id, state, fence, attempts, max_attempts, stage, lease_expires_at, key,"
+                f" ended_fence, ended_by FROM jobs WHERE id IN ({marks})", chunk,
+            ):
+                rows.append(FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], r[7],
+                                      r[8], r[9]))
+        return rows
+
+    async def creators(self, keys: Sequence[bytes]) -> dict[bytes, int | None]:
+        found: dict[bytes, int | None] = {}
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(
+                f"SELECT key, created_by FROM jobs WHERE key IN ({marks})", chunk).fetchall())
+        return found
+
+    async def insert_jobs(self, rows: Sequence[InsertJob]) -> set[bytes]:
+        # One writer and keys looked up in this transaction: every row here is new.
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO jobs (key, identity, payload, state, max_attempts,"
+            " next_attempt_at, lease_seconds, timeout, created_by, created_at, updated_at)"
+            " VALUES (?1, ?2, ?3, 'planned', ?4, ?5, ?6, ?7, ?8, ?9, ?9)", rows)
+        return {r[0] for r in rows}
+
+    async def insert_run_entries(self, entries: Sequence[tuple[int, int, bytes]]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO run_entries (run_id, line, key) VALUES (?, ?, ?)", entries)
+
+    async def renew(self, writes: Sequence[RenewWrite]) -> None:
+        self.conn.executemany(
+            "UPDATE jobs SET lease_expires_at = ?, updated_at = ?"
+            " WHERE id = ? AND fence = ? AND state = 'leased'", writes)
+
+    async def set_stages(self, writes: Sequence[StageWrite]) -> None:
+        self.conn.executemany(
+            "UPDATE jobs SET stage = ?, updated_at = ? WHERE id = ? AND fence = ?", writes)
+
+    async def finish(self, writes: Sequence[FinalWrite]) -> None:
+        self.conn.executemany(
+            "UPDATE jobs SET state = ?, result = ?, last_error = ?, next_attempt_at = ?,"
+            " attempts = ?, ended_fence = ?, ended_by = ?, lease_owner = NULL,"
+            " lease_boot = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?", writes)
+
+    async def release(self, writes: Sequence[ReleaseWrite]) -> None:
+        self.conn.executemany(
+            "UPDATE jobs SET state = 'planned', attempts = ?, next_attempt_at = ?,"
+            " ended_fence = ?, ended_by = 'released', lease_owner = NULL,"
+            " lease_boot = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?", writes)
+
+    async def due(self, n: int, now: float) -> list[DueRow]:
+        return [DueRow(*r) for r in self.conn.execute(
+            "SELECT id, key, identity, payload, attempts, max_attempts, stage, fence,"
+            " lease_seconds, timeout FROM jobs"
+            " WHERE state = 'planned' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id LIMIT ?", (now, n))]
+
+    async def lease(self, writes: Sequence[LeaseWrite]) -> None:
+        self.conn.executemany(
+            "UPDATE jobs SET state = 'leased', lease_owner = ?, lease_boot = ?,"
+            " lease_expires_at = ?, fence = fence + 1, attempts = attempts + 1, updated_at = ?"
+            " WHERE id = ?", writes)
+
+    async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
+                                 decided_at: float) -> list[int]:
+        if keys is None:
+            return [r[0] for r in self.conn.execute(
+                "SELECT id FROM jobs WHERE state = ? AND updated_at <= ? ORDER BY id",
+                (state.value, decided_at))]
+        ids: list[int] = []
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            ids.extend(r[0] for r in self.conn.execute(
+                f"SELECT id FROM jobs WHERE key IN ({marks}) AND state = ? AND updated_at <= ?",
+                (*chunk, state.value, decided_at)))
+        return sorted(ids)
+
+    async def requeue(self, writes: Sequence[RequeueWrite]) -> None:
+        self.conn.executemany(
+            "UPDATE jobs SET state = 'planned', attempts = 0, next_attempt_at = ?,"
+            " result = NULL, updated_at = ? WHERE id = ?", writes)
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        counts = dict.fromkeys(JobState, 0)
+        for state, n in self.conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+            counts[_STATE[state]] = n
+        return counts
+
+    async def record_ops(self, writes: Sequence[OpWrite]) -> dict[bytes, tuple[str, bool]]:
+        found: dict[bytes, tuple[str, bool]] = {}
+        for chunk in _chunks([w[0] for w in writes]):
+            marks = ",".join("?" * len(chunk))
+            for key, result in self.conn.execute(
+                    f"SELECT op_key, result FROM ops WHERE op_key IN ({marks})", chunk):
+                found[bytes(key)] = (result, False)
+        new = [w for w in writes if w[0] not in found]
+        self.conn.executemany(
+            "INSERT INTO ops (op_key, job_id, kind, result, committed_at) VALUES (?, ?, ?, ?, ?)",
+            new)
+        for w in new:
+            found[w[0]] = (w[3], True)
+        return found
+
+    async def reject(self, rows: Sequence[tuple[float, int | None, str, str]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO rejections (at, job_id, message, reason) VALUES (?, ?, ?, ?)", rows)
+
+    # --- liveness: one owner, so every other boot is dead ------------------------------
+
+    async def lost_lease_ids(self, boot_id: str) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT id FROM jobs WHERE state = 'leased'"
+            " AND (lease_boot IS NULL OR lease_boot != ?) ORDER BY id", (boot_id,))]
+
+    async def dead_workers(self, boot_id: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT name FROM workers WHERE boot_id != ? AND status NOT IN ('dead', 'stopped')"
+            " ORDER BY started_at", (boot_id,))]
+
+    async def interrupt_runs(self, boot_id: str, now: float, *, dry_run: bool) -> int:
+        where = "status = 'running' AND (boot_id IS NULL OR boot_id != ?)"
+        if dry_run:
+            (n,) = self.conn.execute(f"SELECT count(*) FROM runs WHERE {where}",
+                                     (boot_id,)).fetchone()
+            return int(n)
+        return self.conn.execute(
+            f"UPDATE runs SET status = 'interrupted', finished_at = ? WHERE {where}",
+            (now, boot_id)).rowcount
+
+    # --- workers, runs, events, metadata -------------------------------------------------
+
+    async def worker_by_boot(self, boot_id: str) -> str | None:
+        row = self.conn.execute("SELECT name FROM workers WHERE boot_id = ?",
+                                (boot_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def next_worker_number(self) -> int:
+        self.conn.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'worker_seq'")
+        (seq,) = self.conn.execute("SELECT value FROM meta WHERE key = 'worker_seq'").fetchone()
+        return int(seq)
+
+    async def insert_worker(self, name: str, boot_id: str, pid: int, host: str,
+                            now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO workers (name, boot_id, pid, host, status, started_at, heartbeat_at)"
+            " VALUES (?, ?, ?, ?, 'running', ?, ?)", (name, boot_id, pid, host, now, now))
+
+    async def set_worker_status(self, names: Sequence[str], status: str, now: float) -> None:
+        self.conn.executemany("UPDATE workers SET status = ?, heartbeat_at = ? WHERE name = ?",
+                              [(status, now, name) for name in names])
+
+    async def insert_event(self, at: float, kind: str, detail: str) -> None:
+        self.conn.execute("INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)",
+                          (at, kind, detail))
+
+    async def start_run(self, token: str, source: str, options: str, boot_id: str,
+                        now: float) -> int:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO runs (token, source, options, status, started_at, boot_id)"
+            " VALUES (?, ?, ?, 'running', ?, ?)", (token, source, options, now, boot_id or None))
+        (run_id,) = self.conn.execute("SELECT id FROM runs WHERE token = ?",
+                                      (token,)).fetchone()
+        return int(run_id)
+
+    async def insert_run_rejects(self, rows: Sequence[tuple[int, int, str, str]]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO run_rejects (run_id, line, reason, raw) VALUES (?, ?, ?, ?)",
+            rows)
+
+    async def finish_run(self, run_id: int, status: str, now: float) -> None:
+        self.conn.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?",
+                          (status, now, run_id))
+
+    async def set_meta(self, key: str, value: str, *, only_if_absent: bool) -> str:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
+            + ("NOTHING" if only_if_absent else "UPDATE SET value = excluded.value"),
+            (key, value))
+        (stored,) = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(stored)
