@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from syncward.errors import StoreError, StoreLocked
 from syncward.jobs import TERMINAL, Job, JobState
-from syncward.store.apply import Applier
+from syncward.store.apply import MAX_LOST_LISTED, Applier, lost_outcome
 from syncward.store.base import (
     EventRow,
     JobRow,
@@ -44,7 +44,7 @@ from syncward.store.base import (
     WorkerRow,
     WorkerState,
 )
-from syncward.store.port import DueRow, FencedRow, run_to_completion
+from syncward.store.port import DueRow, FencedRow, LostLeases, run_to_completion
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -174,14 +174,8 @@ class _MemoryTx:
     # --- jobs ----------------------------------------------------------------------------
 
     async def load(self, ids: Collection[int]) -> list[FencedRow]:
-        rows = []
-        for job_id in ids:
-            j = self.d.jobs.get(job_id)
-            if j is not None:
-                rows.append(FencedRow(j.id, j.state, j.fence, j.attempts, j.max_attempts,
-                                      j.stage, j.lease_expires_at, j.key, j.ended_fence,
-                                      j.ended_by))
-        return rows
+        jobs = self.d.jobs
+        return [_fenced(jobs[i]) for i in ids if i in jobs]
 
     async def creators(self, keys: Sequence[bytes]) -> dict[bytes, int | None]:
         found: dict[bytes, int | None] = {}
@@ -330,9 +324,29 @@ class _MemoryTx:
 
     # --- liveness: one owner, so every other boot is dead ------------------------------
 
-    async def lost_lease_ids(self, boot_id: str) -> list[int]:
-        return sorted(j.id for j in self.d.jobs.values()
-                      if j.state is _LEASED and j.lease_boot != boot_id)
+    async def lose_leases(self, boot_id: str, now: float, why: str, *,
+                          dry_run: bool) -> LostLeases:
+        requeued = failed = 0
+        listed: list[tuple[bytes, str]] = []
+        for j in sorted(self.d.jobs.values(), key=lambda j: j.id):
+            if j.state is not _LEASED or j.lease_boot == boot_id:
+                continue
+            target, note = lost_outcome(j.attempts, j.max_attempts, j.stage, why)
+            if len(listed) < MAX_LOST_LISTED:
+                listed.append((j.key, note))
+            failed += target is JobState.FAILED
+            requeued += target is _PLANNED
+            if dry_run:
+                continue
+            job = self._touch(j)
+            job.state, job.last_error, job.next_attempt_at = target, note, now
+            job.ended_fence, job.ended_by = job.fence, "lost"
+            job.lease_owner = job.lease_boot = None
+            job.lease_expires_at = None
+            job.updated_at = now
+            if target is _PLANNED:
+                self._push_due(job)
+        return LostLeases(requeued=requeued, failed=failed, listed=listed)
 
     async def dead_workers(self, boot_id: str) -> list[str]:
         return [name for name, w in self.d.workers.items()
@@ -402,6 +416,11 @@ class _MemoryTx:
         if not (only_if_absent and key in self.d.meta):
             self._set(self.d.meta, key, value)
         return self.d.meta[key]
+
+
+def _fenced(j: _Job) -> FencedRow:
+    return FencedRow(j.id, j.state, j.fence, j.attempts, j.max_attempts, j.stage,
+                     j.lease_expires_at, j.key, j.ended_fence, j.ended_by)
 
 
 def _count(d: _Data) -> dict[JobState, int]:

@@ -36,6 +36,7 @@ __all__ = [
     "FinalWrite",
     "InsertJob",
     "LeaseWrite",
+    "LostLeases",
     "OpWrite",
     "ReleaseWrite",
     "RenewWrite",
@@ -102,6 +103,16 @@ class DueRow:
     timeout: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class LostLeases:
+    """What `WriteTx.lose_leases` did: how many went back, how many failed, and the
+    first few ``(key, note)`` by job id."""
+
+    requeued: int
+    failed: int
+    listed: list[tuple[bytes, str]]
+
+
 class WriteTx(Protocol):
     """One open write transaction. Only `syncward.store.apply` calls these."""
 
@@ -163,8 +174,12 @@ class WriteTx(Protocol):
 
     # --- liveness and reconciliation ---------------------------------------------------
 
-    async def lost_lease_ids(self, boot_id: str) -> list[int]:
-        """Ids of leased jobs whose owner the store proves dead, seen from ``boot_id``."""
+    async def lose_leases(self, boot_id: str, now: float, why: str, *,
+                          dry_run: bool) -> LostLeases:
+        """Apply the lost-lease rule to every lease whose owner the store proves dead,
+        seen from ``boot_id``: `syncward.store.apply.lost_outcome`, or in SQL its twin
+        (``LOST_STATE_SQL``, ``lost_note_sql(why)``); ``ended_by`` "lost", the lease
+        cleared, due at ``now``. With ``dry_run``, only count and list."""
         ...
 
     async def dead_workers(self, boot_id: str) -> list[str]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from syncward.jobs import JobState
-from syncward.store.port import DueRow, FencedRow
+from syncward.store.apply import LOST_STATE_SQL, MAX_LOST_LISTED, lost_note_sql
+from syncward.store.port import DueRow, FencedRow, LostLeases
 
 if TYPE_CHECKING:
     import sqlite3
@@ -54,12 +55,11 @@ class SQLiteTx:
         state = _STATE
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
-            for r in self.conn.execute(
-                "SELECT id, state, fence, attempts, max_attempts, stage, lease_expires_at, key,"
-                f" ended_fence, ended_by FROM jobs WHERE id IN ({marks})", chunk,
-            ):
-                rows.append(FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], r[7],
-                                      r[8], r[9]))
+            rows.extend(
+                FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+                for r in self.conn.execute(
+                    "SELECT id, state, fence, attempts, max_attempts, stage, lease_expires_at,"
+                    f" key, ended_fence, ended_by FROM jobs WHERE id IN ({marks})", chunk))
         return rows
 
     async def creators(self, keys: Sequence[bytes]) -> dict[bytes, int | None]:
@@ -162,10 +162,26 @@ class SQLiteTx:
 
     # --- liveness: one owner, so every other boot is dead ------------------------------
 
-    async def lost_lease_ids(self, boot_id: str) -> list[int]:
-        return [r[0] for r in self.conn.execute(
-            "SELECT id FROM jobs WHERE state = 'leased'"
-            " AND (lease_boot IS NULL OR lease_boot != ?) ORDER BY id", (boot_id,))]
+    async def lose_leases(self, boot_id: str, now: float, why: str, *,
+                          dry_run: bool) -> LostLeases:
+        where = "state = 'leased' AND (lease_boot IS NULL OR lease_boot != ?)"
+        note = lost_note_sql(why)
+        listed = [(bytes(key), text) for key, text in self.conn.execute(
+            f"SELECT key, {note} FROM jobs WHERE {where} ORDER BY id LIMIT ?",
+            (boot_id, MAX_LOST_LISTED))]
+        if dry_run:
+            (total, failed), = self.conn.execute(
+                "SELECT count(*), coalesce(sum(attempts >= max_attempts), 0) FROM jobs"
+                f" WHERE {where}", (boot_id,))
+            return LostLeases(requeued=total - failed, failed=failed, listed=listed)
+        (failed,), = self.conn.execute(
+            f"SELECT count(*) FROM jobs WHERE {where} AND attempts >= max_attempts", (boot_id,))
+        total = self.conn.execute(
+            f"UPDATE jobs SET state = {LOST_STATE_SQL}, last_error = {note},"
+            " ended_fence = fence, ended_by = 'lost', lease_owner = NULL, lease_boot = NULL,"
+            f" lease_expires_at = NULL, next_attempt_at = ?, updated_at = ? WHERE {where}",
+            (now, now, boot_id)).rowcount
+        return LostLeases(requeued=total - failed, failed=failed, listed=listed)
 
     async def dead_workers(self, boot_id: str) -> list[str]:
         return [r[0] for r in self.conn.execute(
