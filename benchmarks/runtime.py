@@ -2,6 +2,7 @@
 
 Lines (jobs/s unless noted), each with ``"loop"``:
   runtime.noop      no-op handler, concurrency 100, durable SQLite (synchronous FULL)
+  memory.noop       the same on the in-memory store: the framework's own ceiling, no I/O
   runtime.io100     handler awaits anyio.sleep(0.01), concurrency 100 (ideal 10,000/s)
   runtime.io1000    the same at concurrency 1000 (ideal 100,000/s)
   runtime.recover_100k  seconds to open a store holding 100,000 leases of a dead boot and
@@ -9,7 +10,8 @@ Lines (jobs/s unless noted), each with ``"loop"``:
   runtime.rss_1m    peak RSS in MB of a fresh process running 1,000,000 no-op jobs
                     submitted as a stream, target < 200 MB
 
-Run: python -m benchmarks.runtime [--jobs N] [--rss-jobs N] [--only NAME]
+Run: python -m benchmarks.runtime [--jobs N] [--rss-jobs N] [--only NAME]  (NAME: noop, memory,
+io100, io1000, recover, rss; a part of a line's name)
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ async def io_bound(job: Job, ctx: Context) -> None:
     await anyio.sleep(0.01)
 
 
-async def throughput(path: Path, handler: Any, n: int, concurrency: int) -> float:
-    async with Runtime(handler, store=f"sqlite:///{path}", concurrency=concurrency) as rt:
+async def throughput(url: str, handler: Any, n: int, concurrency: int) -> float:
+    async with Runtime(handler, store=url, concurrency=concurrency) as rt:
         start = timed()
         await rt.submit({"id": i} for i in range(n))
         await rt.join()
@@ -51,9 +53,10 @@ async def throughput(path: Path, handler: Any, n: int, concurrency: int) -> floa
 
 
 def run_throughput(name: str, handler: Any, n: int, concurrency: int, loop: str,
-                   ideal: float | None) -> None:
+                   ideal: float | None, *, memory: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        rate = anyio.run(throughput, Path(tmp) / "jobs.db", handler, n, concurrency,
+        url = "memory://" if memory else f"sqlite:///{Path(tmp) / 'jobs.db'}"
+        rate = anyio.run(throughput, url, handler, n, concurrency,
                          backend_options={"use_uvloop": loop == "uvloop"})
     extra: dict[str, Any] = {"loop": loop, "jobs": n, "concurrency": concurrency}
     if ideal is not None:
@@ -125,6 +128,8 @@ def main() -> None:
     for loop in ("asyncio", "uvloop"):
         if want("noop"):
             run_throughput("runtime.noop", noop, args.jobs, 100, loop, None)
+        if want("memory"):
+            run_throughput("memory.noop", noop, args.jobs, 100, loop, None, memory=True)
         if want("io100"):
             run_throughput("runtime.io100", io_bound, args.jobs, 100, loop, 10_000)
         if want("io1000"):

@@ -1,26 +1,27 @@
 """The syncer against a plain-Python model, under injected commit failures and restarts.
 
 Random sequences of submits, stage reports, outcomes and heartbeats go through a real
-syncer into a real SQLite file. Commits fail at random — before the transaction (rolled
-back) or after it (committed, but the syncer is told it failed: the outcome is unknown
-and the retry must be harmless) — and the syncer is restarted at random while it may be
-mid-batch. After every acknowledged message the database must already show it, and at
-the end the database must equal the model: nothing lost, nothing applied twice.
+syncer into a real store, once per backend of the contract suite. Commits fail at random
+— before the transaction (rolled back) or after it (committed, but the syncer is told it
+failed: the outcome is unknown and the retry must be harmless) — and the syncer is
+restarted at random while it may be mid-batch. After every acknowledged message the
+store must already show it, and at the end the store must equal the model: nothing lost,
+nothing applied twice.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import tempfile
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_helpers import BACKENDS, all_jobs
 
 from syncward.actors.mailbox import Mailbox
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
@@ -40,7 +41,9 @@ from syncward.messages import (
     SubmitResult,
     SyncerMsg,
 )
-from syncward.store.sqlite import SQLiteStore
+from syncward.store import open_store
+from syncward.store.base import Store, StoreReader
+from syncward.store.memory import MemoryStore
 from syncward.testing import FakeClock
 
 MAX_ATTEMPTS = 2
@@ -51,7 +54,7 @@ CONFIG = SyncerConfig(max_batch=7, max_delay=0.0, retry_initial=0.0005, retry_ma
 class FlakyStore:
     """Wraps a store; the next apply may fail before or after the real transaction."""
 
-    def __init__(self, inner: SQLiteStore) -> None:
+    def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.fail_before = 0
         self.fail_after = 0
@@ -104,13 +107,21 @@ ops = st.lists(
 )
 
 
-def db_state(path: Path) -> dict[int, tuple[str, int, int, str | None]]:
-    conn = sqlite3.connect(path)
-    try:
-        return {json.loads(i)["id"]: (s, a, f, g) for i, s, a, f, g in conn.execute(
-            "SELECT identity, state, attempts, fence, stage FROM jobs")}
-    finally:
-        conn.close()
+async def db_state(store: StoreReader) -> dict[int, tuple[str, int, int, str | None]]:
+    return {int(j.identity["id"]): (str(j.state), j.attempts, j.fence, j.stage)
+            for j in await all_jobs(store)}
+
+
+def store_url(backend: str, tmp: str) -> str:
+    if backend == "memory":
+        return f"memory://model-{uuid.uuid4().hex}"
+    return f"sqlite:///{tmp}/jobs.db"
+
+
+async def close(store: Store) -> None:
+    await store.aclose()
+    if store.url.startswith("memory://"):
+        MemoryStore.forget(store.url[len("memory://"):])
 
 
 def model_state(model: Model) -> dict[int, tuple[str, int, int, str | None]]:
@@ -122,8 +133,8 @@ def new_job(i: int) -> NewJob:
                   max_attempts=MAX_ATTEMPTS)
 
 
-async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
-    inner = await SQLiteStore.open(f"sqlite:///{path}")
+async def scenario(url: str, steps: list[tuple[Any, ...]]) -> None:
+    inner = await open_store(url)
     store = FlakyStore(inner)
     clock = FakeClock()
     mailbox: Mailbox[SyncerMsg] = Mailbox("syncer", 100)
@@ -165,7 +176,7 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
                     await roundtrip(Submit(tuple(new_job(i) for i in step[1]), reply=reply),
                                     reply)
                     take_leased()
-                    assert set(step[1]) <= set(db_state(path))  # acknowledged => committed
+                    assert set(step[1]) <= set(await db_state(inner))  # acknowledged => committed
                 elif kind in ("outcome", "stage", "heartbeat") and held:
                     job = held[step[1] % len(held)]
                     ident = int(job.identity["id"])
@@ -192,7 +203,7 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
                         else:
                             m.state = outcome.value
                         take_leased()
-                    assert db_state(path)[ident][0] == m.state  # acknowledged => committed
+                    assert (await db_state(inner))[ident][0] == m.state  # acknowledged => committed
                 elif kind == "fail":
                     if step[1] == "before":
                         store.fail_before += 1
@@ -207,25 +218,28 @@ async def scenario(path: Path, steps: list[tuple[Any, ...]]) -> None:
             r2: Reply[SubmitResult] = Reply()
             await roundtrip(Submit((), reply=r2), r2)  # every lease so far is handed out
             take_leased()
-            assert db_state(path) == model_state(model)
+            assert await db_state(inner) == model_state(model)
             scope.cancel()
     finally:
-        await inner.aclose()
+        await close(inner)
 
 
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(steps=ops)
-def test_syncer_equals_model_under_failures_and_restarts(steps: list[tuple[Any, ...]]) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_syncer_equals_model_under_failures_and_restarts(backend: str,
+                                                         steps: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        anyio.run(scenario, Path(tmp) / "jobs.db", steps)
+        anyio.run(scenario, store_url(backend, tmp), steps)
 
 
-def test_lease_order_is_not_lost_when_commit_fails_after_applying() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lease_order_is_not_lost_when_commit_fails_after_applying(backend: str) -> None:
     """Sanity for FlakyStore itself: 'after' really committed, 'before' really did not."""
 
-    async def main(path: Path) -> None:
-        inner = await SQLiteStore.open(f"sqlite:///{path}")
+    async def main(url: str) -> None:
+        inner = await open_store(url)
         store = FlakyStore(inner)
         try:
             store.fail_after = 1
@@ -239,9 +253,9 @@ def test_lease_order_is_not_lost_when_commit_fails_after_applying() -> None:
                                   lease=LeaseOrder(1, "w", "b", 30.0))
             except StoreUnavailable:
                 pass
+            assert set(await db_state(inner)) == {1}
         finally:
-            await inner.aclose()
-        assert set(db_state(path)) == {1}
+            await close(inner)
 
     with tempfile.TemporaryDirectory() as tmp:
-        anyio.run(main, Path(tmp) / "jobs.db")
+        anyio.run(main, store_url(backend, tmp))
