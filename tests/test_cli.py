@@ -16,16 +16,21 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import pytest
 from click.testing import CliRunner
 
 from syncward.cli import cli
-from syncward.jobs import job_key
+from syncward.errors import StoreError
+from syncward.jobs import JobState, job_key, op_key
+from syncward.store import JobRow, StoreReader, open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
+
+T = TypeVar("T")
 
 HANDLERS = Path(__file__).resolve().parent / "cli_handlers.py"
 STATES = ("planned", "leased", "succeeded", "failed", "skipped")
@@ -82,12 +87,28 @@ def handler(name: str) -> str:
     return f"{HANDLERS}:{name}"
 
 
-def rows(tmp_path: Path, sql: str) -> list[Any]:
-    conn = sqlite3.connect(f"file:{tmp_path / 'jobs.db'}?mode=ro", uri=True, timeout=5)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+def read(tmp_path: Path, fn: Callable[[StoreReader], Awaitable[T]], *,
+         name: str = "jobs.db") -> T:
+    """``fn`` on the store as another process sees it: opened read-only, through the
+    `StoreReader` protocol, and closed again.
+
+    Raises:
+        StoreError: the store does not exist (yet), or has no schema (yet).
+    """
+    async def go() -> T:
+        store = await open_store(f"sqlite:///{tmp_path / name}", readonly=True)
+        try:
+            return await fn(store)
+        finally:
+            await store.aclose()
+
+    return anyio.run(go)
+
+
+async def all_jobs(store: StoreReader) -> list[JobRow]:
+    """Every job, by id. (One read per state: call it when nothing is writing.)"""
+    jobs = [job for state in JobState for job in await store.jobs_in_state(state)]
+    return sorted(jobs, key=lambda job: job.id)
 
 
 def state_counts(tmp_path: Path) -> dict[str, int]:
@@ -96,9 +117,10 @@ def state_counts(tmp_path: Path) -> dict[str, int]:
     if not (tmp_path / "jobs.db").exists():
         return counts
     try:
-        counts.update(rows(tmp_path, "SELECT state, count(*) FROM jobs GROUP BY state"))
-    except sqlite3.OperationalError:  # no schema yet
-        pass
+        by_state = read(tmp_path, lambda store: store.counts())
+    except StoreError:  # no schema yet
+        return counts
+    counts.update({state.value: n for state, n in by_state.items()})
     return counts
 
 
@@ -203,12 +225,10 @@ def test_csv_manifest_with_key_and_payload_columns(tmp_path: Path) -> None:
                       "--key", "host,path", "--loop", "asyncio", "--json")
     assert result.returncode == 0, result.stderr
     assert run_json(result)["counts"]["succeeded"] == 2
-    conn = sqlite3.connect(tmp_path / "other.db")
-    try:
-        stored = dict(conn.execute("SELECT identity, payload FROM jobs"))
-    finally:
-        conn.close()
-    assert json.loads(stored['{"host":"example.org","path":"/a"}']) == {"size": "1"}
+    identity = {"host": "example.org", "path": "/a"}
+    stored = read(tmp_path, lambda store: store.get_job(job_key(identity)), name="other.db")
+    assert stored is not None and stored.identity == identity
+    assert stored.payload == {"size": "1"}
 
 
 def test_jsonl_manifest(tmp_path: Path) -> None:
@@ -217,7 +237,8 @@ def test_jsonl_manifest(tmp_path: Path) -> None:
     result = syncward(tmp_path, "run", "m.jsonl", "--handler", handler("ok"), "--json")
     assert result.returncode == 0, result.stderr
     assert run_json(result)["manifest"]["entries"] == 2
-    assert rows(tmp_path, "SELECT payload FROM jobs ORDER BY id") == [('{"u": "x"}',), ("{}",)]
+    jobs = read(tmp_path, all_jobs)
+    assert [job.payload for job in jobs] == [{"u": "x"}, {}]
 
 
 def test_stdin_manifest(tmp_path: Path) -> None:
@@ -281,7 +302,8 @@ def test_failed_jobs_exit_1_and_retry_requeues_them(tmp_path: Path,
     rest = invoke(tmp_path, monkeypatch, "retry")
     assert rest.returncode == 0 and "requeued 1 failed job(s)" in rest.stdout
     assert state_counts(tmp_path) == {**dict.fromkeys(STATES, 0), "planned": 2, "succeeded": 2}
-    assert rows(tmp_path, "SELECT max(attempts) FROM jobs WHERE state = 'planned'") == [(0,)]
+    planned = read(tmp_path, lambda store: store.jobs_in_state(JobState.PLANNED))
+    assert max((job.attempts for job in planned), default=None) == 0
     missing = invoke(tmp_path, monkeypatch, "retry", "--key", one)  # planned, not failed
     assert missing.returncode == 1 and one in missing.stderr
     one_line_error(invoke(tmp_path, monkeypatch, "retry", "--key", "xyz"), "64 hex")
@@ -414,8 +436,13 @@ def test_kill_9_mid_run_then_the_next_run_finishes_without_redoing_effects(
     proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     before = effects(tmp_path)
-    committed = [json.loads(r[0])["id"] for r in rows(
-        tmp_path, "SELECT j.identity FROM ops o JOIN jobs j ON j.id = o.job_id")]
+
+    async def with_committed_effect(store: StoreReader) -> list[str]:
+        """The ids of the jobs whose one effect (the handler's "write") is in the ledger."""
+        return [str(i) for i in range(n)
+                if await store.get_op(op_key("write", job_key({"id": str(i)}))) is not None]
+
+    committed = read(tmp_path, with_committed_effect)
     assert 0 < len(committed) < n
 
     result = syncward(tmp_path, *args, "--json", CLI_TEST_SLEEP="0")
@@ -429,7 +456,7 @@ def test_kill_9_mid_run_then_the_next_run_finishes_without_redoing_effects(
     for ident in committed:  # a committed effect is never run again
         assert after[ident] == before[ident] == 1
     assert sum(after.values()) - n <= 8  # at most the jobs that were in flight at the kill
-    assert rows(tmp_path, "SELECT count(*), count(DISTINCT op_key) FROM ops") == [(n, n)]
+    assert read(tmp_path, lambda store: store.ops_count()) == (n, n)
 
 
 @pytest.mark.slow
@@ -449,7 +476,13 @@ def test_sigint_drains_exits_3_and_the_next_run_finishes(tmp_path: Path) -> None
     assert counts["leased"] == 0  # in-flight jobs finished, the rest were released
     assert counts["succeeded"] >= 4 and counts["planned"] > 0
     assert report["counts"] == counts
-    assert rows(tmp_path, "SELECT status FROM runs") == [("interrupted",)]
+
+    async def runs(store: StoreReader) -> list[str]:
+        """The status of every run, by id."""
+        infos = [await store.run_info(i) for i in range(1, (await store.latest_run() or 0) + 1)]
+        return [info.status for info in infos if info is not None]
+
+    assert read(tmp_path, runs) == ["interrupted"]
 
     result = syncward(tmp_path, *args, CLI_TEST_SLEEP="0")
     assert result.returncode == 0, result.stderr

@@ -10,8 +10,8 @@ import anyio
 import pytest
 from click.testing import CliRunner
 
-from syncward._cli_demo import demo
 from syncward.cli import cli
+from syncward.cli.demo import demo
 
 
 def run_demo(*args: str) -> tuple[int, dict[str, object]]:

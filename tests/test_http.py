@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import json
 import os
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ import httpx
 import pytest
 
 from syncward import Context, Job, JobSpec, JobState, Retry, RetryPolicy, Runtime, job_key
-from syncward._cli_demo import load_archive_module
 from syncward.actors.syncer import SyncerConfig
 from syncward.adapters._http_files import PartWriter
 from syncward.adapters._http_paths import (
@@ -36,13 +33,9 @@ from syncward.adapters.http import HttpFetcher, HttpStage, part_cleanup
 from syncward.errors import Permanent
 from syncward.jobs import canonical_identity
 from syncward.messages import LeaseOrder, NewJob, Outcome, OutcomeKind, Submit
-from syncward.store.sqlite import SQLiteStore
+from syncward.store import JobRow, open_store
 from syncward.testing import FakeClock
-
-archive_server = load_archive_module()
-ArchiveConfig = archive_server.ArchiveConfig
-ArchiveServer = archive_server.ArchiveServer
-Fault = archive_server.Fault
+from syncward.testing.archive import ArchiveConfig, ArchiveServer, Fault
 
 QUICK = SyncerConfig(max_delay=0.001, idle_poll=0.02)
 FAST_RETRY = RetryPolicy(base=0.01, cap=0.05, jitter=False)
@@ -56,22 +49,22 @@ def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/jobs.db"
 
 
-def rows(tmp_path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(tmp_path / "jobs.db")
+async def get_job(tmp_path: Path, identity: dict[str, str | int]) -> JobRow:
+    """The job of ``identity``, read through the store's reader (it must exist)."""
+    store = await open_store(db(tmp_path), readonly=True)
     try:
-        return list(conn.execute(sql, args))
+        job = await store.get_job(job_key(identity))
     finally:
-        conn.close()
+        await store.aclose()
+    assert job is not None, f"no job for {identity}"
+    return job
 
 
-def job_row(tmp_path: Path, name: str) -> dict[str, Any]:
-    (row,) = rows(tmp_path, "SELECT state, attempts, stage, last_error, result,"
-                  " next_attempt_at FROM jobs WHERE key = ?",
-                  bytes.fromhex(job_key({"file": name})))
-    keys = ("state", "attempts", "stage", "error", "result", "next_attempt_at")
-    out = dict(zip(keys, row, strict=True))
-    out["result"] = json.loads(out["result"]) if out["result"] else None
-    return out
+async def job_row(tmp_path: Path, name: str) -> dict[str, Any]:
+    job = await get_job(tmp_path, {"file": name})
+    return {"state": job.state.value, "attempts": job.attempts, "stage": job.stage,
+            "error": job.last_error, "result": job.result,
+            "next_attempt_at": job.next_attempt_at}
 
 
 def spec(archive: Any, name: str) -> JobSpec:
@@ -200,8 +193,8 @@ async def test_downloads_every_file_dedupes_duplicates_and_fails_404s(
     (missing,) = expected["missing"]
     ((original, copy),) = expected["duplicates"]
     assert checksums[original] == checksums[copy]
-    states = {name: job_row(tmp_path, name) for name in checksums}
-    lost = job_row(tmp_path, missing)
+    states = {name: await job_row(tmp_path, name) for name in checksums}
+    lost = await job_row(tmp_path, missing)
     assert (lost["state"], lost["attempts"]) == ("failed", 1)
     method = "HEAD" if always_head else "GET"
     assert f"Permanent: {method} " in lost["error"] and "HTTP 404" in lost["error"]
@@ -243,18 +236,18 @@ async def test_every_fault_kind_ends_in_the_right_state(tmp_path: Path) -> None:
             gets = {name: archive.gets(name) for name in names}
             etags = {name: archive.etag(name) for name in names}
             checksums = {name: archive.sha256(name) for name in names}
-    attempts = {name: job_row(tmp_path, name)["attempts"] for name in names}
+    attempts = {name: (await job_row(tmp_path, name))["attempts"] for name in names}
     assert attempts == {names[0]: 2, names[1]: 2, names[2]: 1, names[3]: 2, names[4]: 2,
                         names[5]: 1}
     for name in names:
-        row = job_row(tmp_path, name)
+        row = await job_row(tmp_path, name)
         assert row["state"] == "succeeded", row
         assert sha256(out / name) == checksums[name] == row["result"]["sha256"]
     # The truncated body was resumed from exactly what had arrived.
     truncated = gets[names[4]]
     assert [(g.status, g.range, g.if_range) for g in truncated] == [
         (200, None, None), (206, "bytes=30000-", etags[names[4]])]
-    assert job_row(tmp_path, names[4])["result"]["resumed_from"] == 30_000
+    assert (await job_row(tmp_path, names[4]))["result"]["resumed_from"] == 30_000
     # A reset loses what was in flight; whatever reached the disk was resumed.
     reset = gets[names[3]]
     assert len(reset) == 2 and reset[1].status in (200, 206)
@@ -285,7 +278,7 @@ async def test_retry_after_is_honoured(tmp_path: Path) -> None:
                 await fired.wait()
                 # The 429 is committed: planned again, due Retry-After seconds later.
                 await rt.wait(lambda s: bool(retried) and s.counts[JobState.PLANNED] == 1)
-                row = job_row(tmp_path, f.name)
+                row = await job_row(tmp_path, f.name)
                 ((failed_at, after),) = retried
                 assert after == 30
                 assert row["next_attempt_at"] == pytest.approx(failed_at + 30)
@@ -293,7 +286,7 @@ async def test_retry_after_is_honoured(tmp_path: Path) -> None:
                 clock.advance(30)
                 await rt.join()
             assert len(archive.gets(f.name)) == 2
-    assert job_row(tmp_path, f.name)["state"] == "succeeded"
+    assert (await job_row(tmp_path, f.name))["state"] == "succeeded"
 
 
 async def _crash_mid_stream(tmp_path: Path, archive: Any, out: Path, name: str) -> int:
@@ -319,7 +312,7 @@ async def test_resume_after_a_crash_continues_from_the_partial_file(tmp_path: Pa
             (f,) = archive.catalogue
             kept = await _crash_mid_stream(tmp_path, archive, out, f.name)
             assert MiB <= kept < MiB + 300_000
-            assert job_row(tmp_path, f.name)["stage"] == HttpStage.STREAMING
+            assert (await job_row(tmp_path, f.name))["stage"] == HttpStage.STREAMING
             async with HttpFetcher() as fetcher:
                 async with runtime(fetcher.handler(out), tmp_path, out) as rt:
                     adapters = rt.reconcile_report.adapters  # type: ignore[union-attr]
@@ -329,7 +322,7 @@ async def test_resume_after_a_crash_continues_from_the_partial_file(tmp_path: Pa
     assert adapters["http.parts"]["kept"] == 1 and adapters["http.parts"]["removed"] == []
     assert [(g.status, g.range, g.if_range) for g in gets] == [
         (200, None, None), (206, f"bytes={kept}-", etag)]
-    row = job_row(tmp_path, f.name)
+    row = await job_row(tmp_path, f.name)
     assert (row["state"], row["attempts"]) == ("succeeded", 2)
     assert row["result"]["resumed_from"] == kept
     assert sha256(out / f.name) == checksum == row["result"]["sha256"]
@@ -354,7 +347,7 @@ async def test_a_changed_etag_restarts_from_zero(tmp_path: Path) -> None:
             gets = archive.gets(f.name)
             checksum = archive.sha256(f.name)
     assert [(g.status, g.range) for g in gets] == [(200, None), (200, None)]
-    row = job_row(tmp_path, f.name)
+    row = await job_row(tmp_path, f.name)
     assert row["state"] == "succeeded" and row["result"]["resumed_from"] == 0
     assert sha256(out / f.name) == checksum == row["result"]["sha256"]
     assert parts(out) == []  # the partial file of the old version is gone too
@@ -425,7 +418,7 @@ async def test_a_job_whose_finalized_stage_committed_never_downloads_again(
                 await rt.join()
             gets = archive.gets(f.name)
             checksum = archive.sha256(f.name)
-    row = job_row(tmp_path, f.name)
+    row = await job_row(tmp_path, f.name)
     assert (row["state"], row["attempts"]) == ("succeeded", 2)
     assert len(gets) == 1
     assert row["result"]["sha256"] == checksum == sha256(out / f.name)
@@ -461,9 +454,8 @@ async def test_traversal_attempts_stay_inside_dest_dir(tmp_path: Path) -> None:
                                 for i, (path, name, _) in enumerate(cases))
                 await rt.join()
                 report = await rt.report()
-    assert report["counts"]["succeeded"] == len(cases), report["failures"]
-    results = {i: json.loads(r[0]) for i, r in enumerate(rows(
-        tmp_path, "SELECT result FROM jobs ORDER BY json_extract(identity, '$.case')"))}
+    assert report.counts[JobState.SUCCEEDED] == report.total == len(cases), report.failures
+    results = {i: (await get_job(tmp_path, {"case": i})).result for i in range(len(cases))}
     for i, (_, _, expected) in enumerate(cases):
         path = Path(results[i]["path"])
         assert path.parent == out.resolve()
@@ -489,7 +481,7 @@ async def test_two_jobs_for_one_file_name_cannot_overwrite_each_other(tmp_path: 
                 await rt.submit([JobSpec({"id": 2}, {"url": archive.url + "/b/same.fits"})])
                 await rt.join()
                 report = await rt.report()
-    ((error,),) = [(f["error"],) for f in report["failures"]]
+    ((error,),) = [(f.error,) for f in report.failures]
     assert "already belongs to job " + job_key({"id": 1}) in error
     assert (out / "same.fits").read_bytes() == b"first"
 
@@ -497,7 +489,7 @@ async def test_two_jobs_for_one_file_name_cannot_overwrite_each_other(tmp_path: 
 async def test_part_cleanup_removes_only_orphaned_partial_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    store = await SQLiteStore.open(db(tmp_path))
+    store = await open_store(db(tmp_path))
     try:
         ids = ({"file": "planned"}, {"file": "done"})
         jobs = tuple(NewJob(key=job_key(i), identity=canonical_identity(i), payload="{}",

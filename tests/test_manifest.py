@@ -211,7 +211,7 @@ def test_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
 
 
 async def test_feed_hands_over_big_chunks_of_a_file_in_order(tmp_path: Path) -> None:
-    from syncward._cli_feed import ManifestFeed
+    from syncward.cli.feed import ManifestFeed
 
     path = write(tmp_path, "m.txt", "".join(f"{i}\n" for i in range(2500)) + "\xff\n")
     sizes, lines = [], []
@@ -228,7 +228,7 @@ async def test_feed_hands_over_lines_as_they_trickle_in() -> None:
 
     import anyio
 
-    from syncward._cli_feed import ManifestFeed
+    from syncward.cli.feed import ManifestFeed
 
     read_fd, write_fd = os.pipe()
     source = os.fdopen(read_fd, "rb")

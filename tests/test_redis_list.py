@@ -9,7 +9,6 @@ with events, so the naive loop loses records every time; the list source loses n
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,10 @@ from redis_helpers import (
     shared_redis_fixture,  # noqa: F401 - fixture
 )
 
-from syncward import job_key
+from syncward import JobState, job_key
 from syncward.adapters.redis_list import ListConfig, RedisListSource
 from syncward.errors import ConfigError
+from syncward.store import JobRow, open_store
 
 BATCH = 50
 
@@ -36,12 +36,21 @@ def db(tmp_path: Path, name: str = "jobs") -> str:
     return f"sqlite:///{tmp_path / name}.db"
 
 
-def keys_in(url: str) -> set[str]:
-    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+async def jobs_in(url: str) -> list[JobRow]:
+    """Every job of the store at ``url``, by id, read through `StoreReader` (read-only).
+
+    One read per state: call it when no runtime is writing.
+    """
+    store = await open_store(url, readonly=True)
     try:
-        return {bytes(k).hex() for (k,) in conn.execute("SELECT key FROM jobs")}
+        jobs = [job for state in JobState for job in await store.jobs_in_state(state)]
     finally:
-        conn.close()
+        await store.aclose()
+    return sorted(jobs, key=lambda job: job.id)
+
+
+async def keys_in(url: str) -> set[str]:
+    return {job.key for job in await jobs_in(url)}
 
 
 def item(i: int) -> str:
@@ -132,7 +141,7 @@ async def test_incident_naive_lrange_ltrim_loses_records_the_list_source_none(
         left = [await r.llen(new), await r.llen(f"{new}:processing:{status['consumer']}")]
     finally:
         await r.aclose()
-    assert keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(total)}
+    assert await keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(total)}
     assert left == [0, 0]
     assert status["read"] == status["acked"] == total
 
@@ -153,7 +162,7 @@ async def test_drains_the_list_and_dead_letters_malformed_items(shared_redis: Sh
         left = await r.llen(name), await r.llen(f"{name}:processing:syncward-1")
     finally:
         await r.aclose()
-    assert len(keys_in(db(tmp_path))) == 401
+    assert len(await keys_in(db(tmp_path))) == 401
     assert left == (0, 0)
     assert status["dead_lettered"] == 5 and status["consumer"] == "syncward-1"
     assert [d["item"] for d in dead] == [*bad[:4], "\\xff"]
@@ -187,9 +196,7 @@ async def test_start_up_finishes_its_own_processing_list_first(shared_redis: Sha
     finally:
         await r.aclose()
     assert status["consumer"] == "syncward-1" and left == 0
-    conn = sqlite3.connect(db(tmp_path).removeprefix("sqlite:///"))
-    order = [json.loads(i)["id"] for (i,) in conn.execute("SELECT identity FROM jobs ORDER BY id")]
-    conn.close()
+    order = [job.identity["id"] for job in await jobs_in(db(tmp_path))]
     assert sorted(order[:30]) == list(range(30))  # its own processing list, first
     assert sorted(order) == list(range(100))
 
@@ -215,7 +222,7 @@ async def test_a_gone_consumers_processing_list_goes_back_to_the_list(
         members = await r.smembers(f"{name}:consumers")
     finally:
         await r.aclose()
-    assert keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(60)}
+    assert await keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(60)}
     assert src.status()["reclaimed"] == 40 and not gone
     assert [a.decode() for a in alive] == [item(1000)]  # a live consumer's list is its own
     assert members == {b"syncward-1", b"syncward-8"}
@@ -243,6 +250,6 @@ async def test_a_redis_restart_without_persistence_is_a_gap_and_the_list_goes_on
             await await_for(lambda: bool(src.status()["gaps"]), timeout=10, what="the gap")
             status = await drained(rt, src)
             await r.aclose()
-    assert keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(100)}
+    assert await keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(100)}
     assert status["redis_restarts"] == 1 and len(status["gaps"]) == 1
     assert "lost the consumers of list 'rows'" in status["gaps"][0]["reason"]

@@ -7,9 +7,10 @@ prefix; tests that kill or restart Redis start their own (``redis_server``).
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from redis_helpers import (
     wait_for,
 )
 
-from syncward import InvalidJob, JobSpec, RestartIntensity, job_key
+from syncward import InvalidJob, JobSpec, JobState, RestartIntensity, job_key
+from syncward.adapters._redis_base import endpoint
 from syncward.adapters.redis import (
     Malformed,
     RedisStreamSource,
@@ -36,7 +38,8 @@ from syncward.adapters.redis import (
     parse_fields,
 )
 from syncward.cli import cli as syncward_cli
-from syncward.errors import ConfigError
+from syncward.errors import ConfigError, StoreError
+from syncward.store import JobRow, StoreReader, open_store
 from syncward.testing import Faults
 
 
@@ -44,16 +47,31 @@ def db(tmp_path: Path, name: str = "jobs") -> str:
     return f"sqlite:///{tmp_path / name}.db"
 
 
-def store_rows(path: str, sql: str) -> list[Any]:
-    conn = sqlite3.connect(path.removeprefix("sqlite:///"))
+@asynccontextmanager
+async def reading(url: str) -> AsyncIterator[StoreReader]:
+    """The store at ``url`` as another reader sees it: read-only, through `StoreReader`."""
+    store = await open_store(url, readonly=True)
     try:
-        return conn.execute(sql).fetchall()
+        yield store
     finally:
-        conn.close()
+        await store.aclose()
 
 
-def keys_in(path: str) -> set[str]:
-    return {bytes(k).hex() for (k,) in store_rows(path, "SELECT key FROM jobs")}
+async def all_jobs(url: str) -> list[JobRow]:
+    """Every job, by id. (One read per state: call it when no runtime is writing.)"""
+    async with reading(url) as store:
+        jobs = [job for state in JobState for job in await store.jobs_in_state(state)]
+    return sorted(jobs, key=lambda job: job.id)
+
+
+async def keys_in(url: str) -> set[str]:
+    return {job.key for job in await all_jobs(url)}
+
+
+async def states_in(url: str) -> set[JobState]:
+    """The states some job is in (SQL's ``SELECT DISTINCT state``)."""
+    async with reading(url) as store:
+        return {state for state, n in (await store.counts()).items() if n}
 
 
 def source(r: SharedRedis | RedisServer, stream: str, **kw: Any) -> RedisStreamSource:
@@ -160,9 +178,11 @@ async def test_entries_become_jobs_acked_only_after_commit(shared_redis: SharedR
         length = await r.xlen(stream)
     finally:
         await r.aclose()
-    assert keys_in(db(tmp_path)) == {job_key(s.identity) for s in specs}
-    payloads = dict(store_rows(db(tmp_path), "SELECT identity, payload FROM jobs"))
-    assert json.loads(payloads['{"id":5}']) == {"n": 5}
+    assert await keys_in(db(tmp_path)) == {job_key(s.identity) for s in specs}
+    async with reading(db(tmp_path)) as store:
+        fifth = await store.get_job(job_key({"id": 5}))
+    assert fifth is not None and fifth.identity == {"id": 5}
+    assert fifth.payload == {"n": 5}
     assert pending["pending"] == 0
     assert length == 1200  # acknowledged, not deleted (delete_acked is off)
     assert status["consumer"] == meta == "syncward-1"
@@ -201,7 +221,7 @@ async def test_nothing_is_acknowledged_before_its_commit(shared_redis: SharedRed
     assert before["acked"] == before["committed"] == 0 and before["outstanding"] == 200
     assert pending == 200  # every entry read is still pending in Redis
     assert after["acked"] == 200
-    assert len(keys_in(db(tmp_path))) == 200
+    assert len(await keys_in(db(tmp_path))) == 200
 
 
 @pytest.mark.integration
@@ -222,7 +242,7 @@ async def test_a_crash_between_commit_and_ack_acks_after_the_redelivery(
     finally:
         await r.aclose()
     assert faults.fired["syncer.after_commit"] == 3
-    assert len(keys_in(db(tmp_path))) == 300
+    assert len(await keys_in(db(tmp_path))) == 300
 
 
 @pytest.mark.integration
@@ -239,7 +259,7 @@ async def test_delete_acked_deletes_acknowledged_entries(shared_redis: SharedRed
         assert await r.xlen(stream) == 0
     finally:
         await r.aclose()
-    assert len(keys_in(db(tmp_path))) == 300
+    assert len(await keys_in(db(tmp_path))) == 300
 
 
 @pytest.mark.integration
@@ -261,7 +281,7 @@ async def test_malformed_entries_land_in_the_dead_letter_stream_with_their_reaso
         pending = await r.xpending(stream, "g")
     finally:
         await r.aclose()
-    assert len(keys_in(db(tmp_path))) == 10
+    assert len(await keys_in(db(tmp_path))) == 10
     assert status["dead_lettered"] == 5 and pending["pending"] == 0
     assert [fields[b"id"] for _, fields in dead] == bad_ids
     reasons = [fields[b"error"].decode() for _, fields in dead]
@@ -304,9 +324,9 @@ async def test_same_store_is_the_same_consumer_and_rereads_its_own_pending_first
     assert status["consumer"] == "syncward-1"
     assert int(seq) == 2  # no new name for the restarted store
     assert pending["pending"] == 0
-    assert {bytes.fromhex(k) for k in keys_in(db(tmp_path, "a"))} >= {
+    assert {bytes.fromhex(k) for k in await keys_in(db(tmp_path, "a"))} >= {
         bytes.fromhex(job_key({"id": i})) for i in range(20)}
-    assert len(keys_in(db(tmp_path, "a")) | keys_in(db(tmp_path, "b"))) == 30
+    assert len(await keys_in(db(tmp_path, "a")) | await keys_in(db(tmp_path, "b"))) == 30
     del rt_b
 
 
@@ -336,12 +356,12 @@ async def test_a_consumer_that_never_comes_back_is_claimed_by_the_others(
         pending = await r.xpending(stream, group)
     finally:
         await r.aclose()
-    ka, kb = keys_in(db(tmp_path, "a")), keys_in(db(tmp_path, "b"))
+    ka, kb = await keys_in(db(tmp_path, "a")), await keys_in(db(tmp_path, "b"))
     assert ka | kb == {job_key({"id": i}) for i in range(120)}
     assert a.status()["claimed"] + b.status()["claimed"] >= 40
     assert pending["pending"] == 0
     for path in (db(tmp_path, "a"), db(tmp_path, "b")):  # a store may have got none
-        assert store_rows(path, "SELECT DISTINCT state FROM jobs") in ([], [("succeeded",)])
+        assert await states_in(path) in (set(), {JobState.SUCCEEDED})
 
 
 @pytest.mark.integration
@@ -362,12 +382,13 @@ async def test_a_lost_group_is_recreated_and_the_gap_is_exposed(shared_redis: Sh
         pending = await r.xpending(stream, group)
     finally:
         await r.aclose()
-    assert len(keys_in(db(tmp_path))) == 20
+    assert len(await keys_in(db(tmp_path))) == 20
     assert pending["pending"] == 0
     assert len(status["gaps"]) == 1
     assert "recreated from the start of what remains" in status["gaps"][0]["reason"]
-    events = store_rows(db(tmp_path), "SELECT kind, detail FROM events WHERE kind = 'source_gap'")
-    assert len(events) == 1 and json.loads(events[0][1])["stream"] == stream
+    async with reading(db(tmp_path)) as store:
+        events = await store.events(kind="source_gap")
+    assert len(events) == 1 and events[0].detail["stream"] == stream
 
 
 # --- Redis going away --------------------------------------------------------------------
@@ -402,11 +423,11 @@ async def test_redis_restarted_mid_run_with_persistence_loses_nothing(
             status = await drained(rt, src, timeout=30)
     pending = await r.xpending(stream, "syncward")
     await r.aclose()
-    assert keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(2500)}
+    assert await keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(2500)}
     assert pending["pending"] == 0
     assert status["connected"] and status["redis_restarts"] >= 1
     assert status["gaps"] == []  # persistence on: nothing was lost
-    assert store_rows(db(tmp_path), "SELECT DISTINCT state FROM jobs") == [("succeeded",)]
+    assert await states_in(db(tmp_path)) == {JobState.SUCCEEDED}
 
 
 @pytest.mark.integration
@@ -428,7 +449,7 @@ async def test_redis_restarted_without_persistence_exposes_the_gap_and_goes_on(
             await await_for(lambda: bool(src.status()["gaps"]), timeout=10, what="the gap")
             status = await drained(rt, src)
             await r.aclose()
-    assert len(keys_in(db(tmp_path))) == 150
+    assert len(await keys_in(db(tmp_path))) == 150
     assert len(status["gaps"]) == 1 and status["redis_restarts"] == 1
     assert any("maxmemory-policy is allkeys-lru" in w for w in status["warnings"])
     assert "maxmemory-policy is allkeys-lru" in caplog.text
@@ -465,12 +486,32 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, dict[
     return proc.returncode, json.loads(out) if out.strip() else {}, err
 
 
+async def _counts(store: str) -> dict[JobState, int]:
+    async with reading(store) as reader:
+        return await reader.counts()
+
+
 def active_jobs(store: str) -> int:
+    """Planned and leased jobs in another process's store; -1 while it cannot be read."""
     try:
-        rows = store_rows(store, "SELECT count(*) FROM jobs WHERE state IN ('planned','leased')")
-    except sqlite3.Error:
+        counts = anyio.run(_counts, store)
+    except StoreError:
         return -1
-    return int(rows[0][0])
+    return counts[JobState.PLANNED] + counts[JobState.LEASED]
+
+
+def job_total(store: str) -> int:
+    """How many jobs (so distinct keys: a key is unique) another process's store holds."""
+    return sum(anyio.run(_counts, store).values())
+
+
+async def consumer_names(stores: list[str], meta_key: str) -> list[str | None]:
+    """The consumer name each store recorded for its stream and group."""
+    names = []
+    for store in stores:
+        async with reading(store) as reader:
+            names.append(await reader.get_meta(meta_key))
+    return names
 
 
 @pytest.mark.integration
@@ -490,7 +531,7 @@ def test_ten_thousand_entries_three_processes_one_killed_and_restarted(
             pipe.xadd(stream, {"identity": json.dumps({"id": i})})
         pipe.execute()
         victim = 1
-        wait_for(lambda: active_jobs(stores[victim]) > 0 and len(keys_in(stores[victim])) >= 800,
+        wait_for(lambda: active_jobs(stores[victim]) > 0 and job_total(stores[victim]) >= 800,
                  timeout=20, what="the victim mid-way")
         procs[victim].kill()  # SIGKILL
         procs[victim].communicate(timeout=10)
@@ -501,7 +542,7 @@ def test_ten_thousand_entries_three_processes_one_killed_and_restarted(
             info = r.xinfo_groups(stream)[0]
             return (info["entries-read"] == n and info["pending"] == 0
                     and all(active_jobs(s) == 0 for s in stores)
-                    and sum(len(keys_in(s)) for s in stores) >= n)
+                    and sum(job_total(s) for s in stores) >= n)
 
         wait_for(done, timeout=40, what="every entry recorded and every job finished")
     finally:
@@ -513,7 +554,7 @@ def test_ten_thousand_entries_three_processes_one_killed_and_restarted(
         assert code == 3, err  # stopped by a signal: "interrupted", by the convention
         assert report["source"]["gaps"] == [] and report["source"]["dead_lettered"] == 0
         assert report["counts"]["succeeded"] == report["total"], report
-    keys = [keys_in(s) for s in stores]
+    keys = [anyio.run(keys_in, s) for s in stores]
     union = keys[0] | keys[1] | keys[2]
     duplicates = sum(len(k) for k in keys) - len(union)
     print(f"\nper store: {[len(k) for k in keys]}; cross-store duplicates: {duplicates}; "
@@ -522,10 +563,10 @@ def test_ten_thousand_entries_three_processes_one_killed_and_restarted(
     # A claim could only duplicate entries the victim committed and did not acknowledge;
     # it restarts well within the idle time, re-reads its own pending, so none is claimed.
     assert duplicates == 0
-    names = [store_rows(s, "SELECT value FROM meta WHERE key LIKE 'redis.stream.consumer:%'")
-             for s in stores]
-    assert sorted(v[0][0] for v in names) == ["syncward-1", "syncward-2", "syncward-3"]
-    assert results[victim][1]["source"]["consumer"] == names[victim][0][0]  # same consumer
+    meta_key = f"redis.stream.consumer:{endpoint(shared_redis.url)}/{stream}/{group}"
+    names = anyio.run(consumer_names, stores, meta_key)
+    assert sorted(name or "" for name in names) == ["syncward-1", "syncward-2", "syncward-3"]
+    assert results[victim][1]["source"]["consumer"] == names[victim]  # same consumer
 
 
 @pytest.mark.integration

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from syncward import (
 )
 from syncward.jobs import canonical_identity, job_key
 from syncward.messages import NewJob, Reply, Submit, SubmitResult
+from syncward.store import JobRow, StoreReader, open_store
 from syncward.testing import FakeClock, Faults
 
 QUICK = SyncerConfig(idle_poll=0.01, retry_initial=0.001, retry_max=0.01)
@@ -37,10 +40,33 @@ def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'jobs.db'}"
 
 
-def rows(tmp_path: Path, sql: str) -> list[Any]:
+@asynccontextmanager
+async def reading(tmp_path: Path) -> AsyncIterator[StoreReader]:
+    """The store as another reader sees it: opened read-only, read through `StoreReader`."""
+    store = await open_store(url(tmp_path), readonly=True)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def all_jobs(store: StoreReader) -> list[JobRow]:
+    """Every job, by id. (One read per state: call it when nothing is writing.)"""
+    jobs = [job for state in JobState for job in await store.jobs_in_state(state)]
+    return sorted(jobs, key=lambda job: job.id)
+
+
+def max_attempts(jobs: list[JobRow]) -> int | None:
+    """SQL's ``max(attempts)``: None over no jobs."""
+    return max((job.attempts for job in jobs), default=None)
+
+
+def page_count_sqlite(tmp_path: Path) -> int:
+    """The SQLite file's page count (no store read says it: the disk-full drills are SQLite's)."""
     conn = sqlite3.connect(tmp_path / "jobs.db")
     try:
-        return conn.execute(sql).fetchall()
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        return int(pages)
     finally:
         conn.close()
 
@@ -120,8 +146,10 @@ async def test_failure_2_crash_mid_job_resumes_at_last_stage_without_rerunning_e
             report = await rt2.report()
     assert seen == [(1, None), (2, "HEAD_DONE")]
     assert effect_runs == 1
-    assert report["counts"]["succeeded"] == 1
-    assert rows(tmp_path, "SELECT count(*) FROM ops") == [(1,)]
+    assert report.counts[JobState.SUCCEEDED] == 1
+    async with reading(tmp_path) as store:
+        ops, _ = await store.ops_count()
+    assert ops == 1
 
 
 async def test_failure_3_no_ghost_worker_after_a_restart(tmp_path: Path) -> None:
@@ -144,8 +172,9 @@ async def test_failure_3_no_ghost_worker_after_a_restart(tmp_path: Path) -> None
             workers = {w.name: w.status for w in await rt2.store.workers()}
     assert first != second
     assert workers == {first: "dead", second: "running"}
-    assert dict(rows(tmp_path, "SELECT name, status FROM workers")) == {
-        first: "dead", second: "stopped"}
+    async with reading(tmp_path) as store:
+        after = {w.name: w.status for w in await store.workers()}
+    assert after == {first: "dead", second: "stopped"}
 
 
 async def test_failure_4_failing_job_backs_off_then_lands_in_failed_with_its_error(
@@ -166,12 +195,17 @@ async def test_failure_4_failing_job_backs_off_then_lands_in_failed_with_its_err
                 # Attempt n failed and is committed: planned again, waiting for its back-off.
                 await rt.wait(lambda s, n=n: len(attempts_at) == n  # type: ignore[misc]
                               and s.counts[JobState.PLANNED] == 1)
-                (nxt,) = rows(tmp_path, "SELECT next_attempt_at FROM jobs")[0]
-                assert nxt == pytest.approx(attempts_at[-1] + expected_delay)
+                job = await rt.store.get_job(job_key({"id": 1}))
+                assert job is not None
+                assert job.next_attempt_at == pytest.approx(attempts_at[-1] + expected_delay)
                 clock.advance(expected_delay)
             await rt.join()
-    state, attempts, error = rows(tmp_path, "SELECT state, attempts, last_error FROM jobs")[0]
-    assert (state, attempts) == ("failed", 3)
+    async with reading(tmp_path) as store:
+        job = await store.get_job(job_key({"id": 1}))
+    assert job is not None
+    assert (job.state, job.attempts) == (JobState.FAILED, 3)
+    error = job.last_error
+    assert error is not None
     assert "attempts exhausted (3/3)" in error and "ValueError: boom on attempt 3" in error
     assert attempts_at == [attempts_at[0], attempts_at[0] + 10, attempts_at[0] + 30]
 
@@ -187,7 +221,8 @@ async def test_failure_5_stats_after_a_restart_equal_the_database_before_new_wor
         async with Runtime(handler, store=url(tmp_path), syncer=QUICK) as rt:
             await rt.submit({"id": i} for i in range(30))
             await rt.join()
-        before = dict(rows(tmp_path, "SELECT state, count(*) FROM jobs GROUP BY state"))
+        async with reading(tmp_path) as store:
+            before = {s.value: n for s, n in (await store.counts()).items() if n}
         assert before == {"succeeded": 20, "failed": 10}
         async with Runtime(noop, store=url(tmp_path), syncer=QUICK) as rt2:
             snap = rt2.stats()  # the first answer, before any new work
@@ -214,9 +249,10 @@ async def test_crash_each_actor_kind_mid_work_loses_nothing(tmp_path: Path, poin
             restarts = [r for r in rt.restarts if r["kind"] == "restarted"]
     assert faults.fired[point] == 2
     assert len(restarts) >= 2 and all("InjectedCrash" in str(r["error"]) for r in restarts)
-    assert report["counts"]["succeeded"] == 200 and report["total"] == 200
-    assert report["stats_drift"] == 0
-    assert rows(tmp_path, "SELECT count(*) FROM events WHERE kind = 'restart'")[0][0] >= 2
+    assert report.counts[JobState.SUCCEEDED] == 200 and report.total == 200
+    assert report.stats_drift == 0
+    async with reading(tmp_path) as store:
+        assert len(await store.events(kind="restart", limit=2)) >= 2
 
 
 async def test_exceeding_restart_intensity_stops_the_runtime_with_the_cause(
@@ -259,12 +295,13 @@ async def test_leaving_drains_in_flight_jobs_and_releases_the_rest(tmp_path: Pat
             await rt.submit({"id": i} for i in range(6))
             await two_running.wait()
             release.set()  # in-flight jobs finish within the grace period
-    states = dict(rows(tmp_path, "SELECT state, count(*) FROM jobs GROUP BY state"))
-    assert states.get("leased", 0) == 0
-    assert states["succeeded"] >= 2 and sum(states.values()) == 6
+    async with reading(tmp_path) as store:
+        states = await store.counts()
+        planned = await store.jobs_in_state(JobState.PLANNED)
+    assert states[JobState.LEASED] == 0
+    assert states[JobState.SUCCEEDED] >= 2 and sum(states.values()) == 6
     # Released leases are planned again, the attempt not counted.
-    assert rows(tmp_path, "SELECT max(attempts) FROM jobs WHERE state = 'planned'")[0][0] in (
-        0, None)
+    assert max_attempts(planned) in (0, None)
 
 
 async def test_grace_period_over_releases_a_hung_job(tmp_path: Path) -> None:
@@ -278,7 +315,9 @@ async def test_grace_period_over_releases_a_hung_job(tmp_path: Path) -> None:
         async with Runtime(hang, store=url(tmp_path), grace=0.05, syncer=QUICK) as rt:
             await rt.submit([{"id": 1}])
             await started.wait()
-    assert rows(tmp_path, "SELECT state, attempts FROM jobs") == [("planned", 0)]
+    async with reading(tmp_path) as store:
+        jobs = await all_jobs(store)
+    assert [(job.state, job.attempts) for job in jobs] == [(JobState.PLANNED, 0)]
 
 
 async def test_second_runtime_after_abrupt_stop_recovers_all_leases(tmp_path: Path) -> None:
@@ -297,7 +336,8 @@ async def test_second_runtime_after_abrupt_stop_recovers_all_leases(tmp_path: Pa
             await rt.submit({"id": i} for i in range(5))
             await all_started.wait()
             rt.kill()
-        assert rows(tmp_path, "SELECT count(*) FROM jobs WHERE state = 'leased'") == [(5,)]
+        async with reading(tmp_path) as store:
+            assert (await store.counts())[JobState.LEASED] == 5
         async with Runtime(noop, store=url(tmp_path), syncer=QUICK) as rt2:
             assert rt2.reconcile_report is not None
             assert rt2.reconcile_report.leases_requeued == 5
@@ -334,8 +374,10 @@ async def test_a_job_that_kills_its_process_every_time_ends_in_failed(tmp_path: 
                 rt.kill()
         async with Runtime(crashes, store=url(tmp_path), syncer=QUICK) as rt:
             assert rt.stats().counts[JobState.FAILED] == 1
-    ((state, error),) = rows(tmp_path, "SELECT state, last_error FROM jobs")
-    assert state == "failed" and "lease lost at stage start, attempt 3" in error
+    async with reading(tmp_path) as store:
+        (job,) = await all_jobs(store)
+    assert job.state is JobState.FAILED and job.last_error is not None
+    assert "lease lost at stage start, attempt 3" in job.last_error
 
 
 async def test_timeout_is_retried_and_result_must_be_json(tmp_path: Path) -> None:
@@ -351,18 +393,20 @@ async def test_timeout_is_retried_and_result_must_be_json(tmp_path: Path) -> Non
                            retry=NO_BACKOFF) as rt:
             await rt.submit([{"id": "slow"}, {"id": "bad"}])
             await rt.join()
-    got = dict(rows(tmp_path, "SELECT json_extract(identity, '$.id'), state FROM jobs"))
-    assert got == {"slow": "succeeded", "bad": "failed"}
+    async with reading(tmp_path) as store:
+        got = {job.identity["id"]: job.state for job in await all_jobs(store)}
+    assert got == {"slow": JobState.SUCCEEDED, "bad": JobState.FAILED}
 
 
-async def test_a_commit_failure_that_persists_escalates_with_its_cause(tmp_path: Path) -> None:
+async def test_a_commit_failure_that_persists_escalates_with_its_cause_sqlite(
+        tmp_path: Path) -> None:
     config = SyncerConfig(idle_poll=0.01, retry_initial=0.001, retry_max=0.005,
                           escalate_after=0.05)
 
     async def run() -> None:
         async with Runtime(noop, store=url(tmp_path), syncer=config,
                            intensity=RestartIntensity(max_restarts=1, within=60.0)) as rt:
-            (pages,) = rows(tmp_path, "PRAGMA page_count")[0]
+            pages = page_count_sqlite(tmp_path)
             rt.store.set_max_page_count(pages)  # the disk is full from now on
             await rt.submit({"id": i, "blob": "x" * 2000} for i in range(200))
             await anyio.sleep_forever()
@@ -377,7 +421,8 @@ async def test_a_commit_failure_that_persists_escalates_with_its_cause(tmp_path:
     assert chain[:2] == ["SupervisorGaveUp", "CommitFailing"]
     assert "StoreUnavailable" in chain
     assert "full" in str(info.value.__cause__)
-    assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(0,)]  # nothing half-written
+    async with reading(tmp_path) as store:
+        assert sum((await store.counts()).values()) == 0  # nothing half-written
 
 
 # --- regressions found in review ----------------------------------------------------------
@@ -399,8 +444,11 @@ async def test_a_job_with_a_lease_shorter_than_the_default_is_renewed(tmp_path: 
             await rt.submit([JobSpec({"id": 1}, lease_seconds=0.3)])
             await rt.join()
     assert runs == 1
-    assert rows(tmp_path, "SELECT state, attempts FROM jobs") == [("succeeded", 1)]
-    assert rows(tmp_path, "SELECT count(*) FROM rejections") == [(0,)]
+    async with reading(tmp_path) as store:
+        jobs = await all_jobs(store)
+        rejections = await store.rejection_count()
+    assert [(job.state, job.attempts) for job in jobs] == [(JobState.SUCCEEDED, 1)]
+    assert rejections == 0
 
 
 @pytest.mark.slow
@@ -417,7 +465,9 @@ async def test_jobs_finishing_in_the_grace_period_keep_their_leases(tmp_path: Pa
                            reap_every=0.05, grace=5.0) as rt:
             await rt.submit([{"id": 1}])
             await started.wait()
-    assert rows(tmp_path, "SELECT state, attempts FROM jobs") == [("succeeded", 1)]
+    async with reading(tmp_path) as store:
+        jobs = await all_jobs(store)
+    assert [(job.state, job.attempts) for job in jobs] == [(JobState.SUCCEEDED, 1)]
 
 
 async def test_leaving_asks_every_downloader_to_stop_at_once(tmp_path: Path) -> None:
@@ -441,7 +491,8 @@ async def test_leaving_asks_every_downloader_to_stop_at_once(tmp_path: Path) -> 
             await all_running.wait()
             leaving = True
     assert started_after_leaving == 0
-    assert rows(tmp_path, "SELECT count(*) FROM jobs WHERE state = 'leased'") == [(0,)]
+    async with reading(tmp_path) as store:
+        assert (await store.counts())[JobState.LEASED] == 0
 
 
 async def test_out_of_range_job_limits_are_refused_clearly(tmp_path: Path) -> None:
@@ -469,8 +520,9 @@ async def test_a_message_the_store_cannot_apply_is_refused_alone(tmp_path: Path)
                 await bad.wait()
             await rt.join()
             assert rt.restarts == []
-    assert rows(tmp_path, "SELECT json_extract(identity, '$.id'), state FROM jobs") == [
-        ("good", "succeeded")]
+    async with reading(tmp_path) as store:
+        jobs = await all_jobs(store)
+    assert [(job.identity["id"], job.state) for job in jobs] == [("good", JobState.SUCCEEDED)]
 
 
 def _new(identity: dict[str, Any]) -> NewJob:

@@ -28,6 +28,7 @@ from syncward.messages import (
     SubmitResult,
     SyncerMsg,
 )
+from syncward.store import Store, open_store
 from syncward.store.sqlite import SQLiteStore
 from syncward.testing import FakeClock
 
@@ -43,7 +44,7 @@ def new_job(i: int, payload: str = "{}", max_attempts: int = 3) -> NewJob:
 
 @dataclass
 class Rig:
-    store: SQLiteStore
+    store: Store
     mailbox: Mailbox[SyncerMsg]
     work: Mailbox[Job]
     stats: Mailbox[StatsUpdate]
@@ -62,10 +63,10 @@ class Rig:
 
 @asynccontextmanager
 async def syncer_rig(path: Path, *, work_capacity: int = 10, leasing: bool = True,
-                     config: SyncerConfig = FAST, store: SQLiteStore | None = None,
+                     config: SyncerConfig = FAST, store: Store | None = None,
                      ) -> AsyncIterator[Rig]:
     own = store is None
-    store = store or await SQLiteStore.open(f"sqlite:///{path}")
+    store = store or await open_store(f"sqlite:///{path}")
     clock = FakeClock()
     rig = Rig(store=store, mailbox=Mailbox("syncer", 1000), work=Mailbox("work", work_capacity),
               stats=Mailbox("stats", 100_000), health=SyncerHealth(),
@@ -84,13 +85,15 @@ async def syncer_rig(path: Path, *, work_capacity: int = 10, leasing: bool = Tru
             await store.aclose()
 
 
-def db_rows(path: Path) -> dict[str, tuple[str, int, int]]:
-    conn = sqlite3.connect(path)
+async def db_rows(path: Path) -> dict[str | int, tuple[JobState, int, int]]:
+    """Every job by its ``id``, as another reader of the store sees it (read-only)."""
+    store = await open_store(f"sqlite:///{path}", readonly=True)
     try:
-        return {json.loads(ident)["id"]: (state, attempts, fence) for ident, state, attempts, fence
-                in conn.execute("SELECT identity, state, attempts, fence FROM jobs")}
+        jobs = [job for state in JobState for job in await store.jobs_in_state(state)]
     finally:
-        conn.close()
+        await store.aclose()
+    return {job.identity["id"]: (job.state, job.attempts, job.fence)
+            for job in sorted(jobs, key=lambda job: job.id)}
 
 
 async def test_submit_returns_after_commit(tmp_path: Path) -> None:
@@ -99,8 +102,8 @@ async def test_submit_returns_after_commit(tmp_path: Path) -> None:
         async with syncer_rig(db, leasing=False) as rig:
             result = await rig.submit([new_job(i) for i in range(10)])
             assert result == SubmitResult(new=10, duplicates=0)
-            # Visible to another connection the moment the reply arrives: committed.
-            assert len(db_rows(db)) == 10
+            # Visible to another reader the moment the reply arrives: committed.
+            assert len(await db_rows(db)) == 10
             again = await rig.submit([new_job(i) for i in range(5, 15)])
             assert again == SubmitResult(new=5, duplicates=5)
 
@@ -169,15 +172,16 @@ async def test_a_rejected_message_does_not_poison_its_batch(tmp_path: Path) -> N
             assert counts[JobState.SUCCEEDED] == 1 and counts[JobState.SKIPPED] == 1
 
 
-async def test_disk_full_keeps_every_message_and_completes_when_space_returns(
+async def test_disk_full_keeps_every_message_and_completes_when_space_returns_sqlite(
         tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
-    store = await SQLiteStore.open(f"sqlite:///{db}")
+    store = await open_store(f"sqlite:///{db}")
+    assert isinstance(store, SQLiteStore)  # the disk-full drill is SQLite's own
     try:
         with anyio.fail_after(20):
             async with syncer_rig(db, leasing=False, store=store) as rig:
                 await rig.submit([new_job(-1)])  # schema and first pages exist
-                conn = sqlite3.connect(db)
+                conn = sqlite3.connect(db)  # no store read gives the file's size in pages
                 (pages,) = conn.execute("PRAGMA page_count").fetchone()
                 conn.close()
                 store.set_max_page_count(pages + 2)
@@ -199,7 +203,7 @@ async def test_disk_full_keeps_every_message_and_completes_when_space_returns(
                 results = [await r.wait() for r in replies]
                 assert sum(r.new for r in results) == 20
                 assert rig.health.error is None and rig.health.failures_total >= 1
-        assert len(db_rows(db)) == 21
+        assert len(await db_rows(db)) == 21
     finally:
         await store.aclose()
 
@@ -210,7 +214,7 @@ async def test_stop_drains_the_mailbox(tmp_path: Path) -> None:
         async with syncer_rig(db, leasing=False) as rig:
             for i in range(50):
                 rig.mailbox.send_nowait(Submit((new_job(i),)))
-    assert len(db_rows(db)) == 50
+    assert len(await db_rows(db)) == 50
 
 
 # --- the incident: "push to a list, read 100, write, trim 100" --------------------------
@@ -281,7 +285,7 @@ async def test_incident_the_same_workload_through_the_syncer_loses_nothing(
             async with anyio.create_task_group() as tg:
                 for p in range(PRODUCERS):
                     tg.start_soon(producer, p)
-    assert len(db_rows(db)) == PRODUCERS * PUSHES * 50
+    assert len(await db_rows(db)) == PRODUCERS * PUSHES * 50
 
 
 @pytest.mark.parametrize("n", [1, 250])
@@ -320,12 +324,12 @@ async def test_leases_granted_after_the_downloaders_stopped_are_released(tmp_pat
         async with syncer_rig(db, work_capacity=3) as rig:
             rig.work.close()  # the pool has stopped; a commit now leases jobs nobody runs
             await rig.submit([new_job(i) for i in range(3)])
-    assert set(db_rows(db).values()) == {("planned", 0, 1)}
+    assert set((await db_rows(db)).values()) == {(JobState.PLANNED, 0, 1)}
 
 
 async def test_a_submit_delivered_again_after_its_commit_counts_its_own_jobs_as_new(
         tmp_path: Path) -> None:
-    store = await SQLiteStore.open(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store = await open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
     try:
         first = Submit(tuple(new_job(i) for i in range(5)))
         other = Submit(tuple(new_job(i) for i in range(3, 8)))

@@ -13,7 +13,7 @@ Run::
     python examples/kepler/download.py [--kic-file FILE] [--out DIR] [--db URL]
                                        [--archive URL] [--fault-rate R]
 
-Without ``--archive`` the local archive server (``examples/archive_server.py``) is started
+Without ``--archive`` the local archive server (`syncward.testing.archive`) is started
 in-process with faults on; it holds all but the last two ids of the list (those two
 answer 404) and one duplicate. ``--archive URL`` downloads from any server with MAST's
 layout (``/pub/kepler/lightcurves/<4 digits>/<9 digits>/kplr..._llc.fits``) instead, e.g.
@@ -26,18 +26,15 @@ import argparse
 import contextlib
 import functools
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from archive_server import ArchiveConfig, ArchiveServer, light_curve_path
-
 from syncward import JobSpec, JobState, RetryPolicy, Runtime
 from syncward.adapters.http import HttpFetcher, part_cleanup
+from syncward.testing.archive import ArchiveConfig, ArchiveServer, light_curve_path
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,8 +51,8 @@ def read_kic_ids(path: Path) -> list[int]:
 
 async def download(kic_ids: list[int], out: Path, db: str, *, archive_url: str | None = None,
                    fault_rate: float = 0.2, seed: int = 0) -> dict[str, Any]:
-    """Download every id's light curve into ``out``; returns the report, plus the
-    skipped jobs under ``"skipped"``."""
+    """Download every id's light curve into ``out``; returns the report's JSON object
+    (`Report.as_dict`), plus the skipped jobs under ``"skipped"``."""
     async with contextlib.AsyncExitStack() as stack:
         if archive_url is None:
             config = ArchiveConfig(kic_ids=tuple(kic_ids[:-2]), seed=seed, missing=0,
@@ -73,8 +70,8 @@ async def download(kic_ids: list[int], out: Path, db: str, *, archive_url: str |
             await rt.join()
             report = await rt.report()
             skipped = await rt.store.jobs_in_state(JobState.SKIPPED)
-    report["skipped"] = [{"identity": j.identity, "reason": j.last_error} for j in skipped]
-    return report
+    return {**report.as_dict(),
+            "skipped": [{"identity": j.identity, "reason": j.last_error} for j in skipped]}
 
 
 def summary(report: dict[str, Any], out: Path) -> str:

@@ -1,5 +1,8 @@
 """``syncward run``: one manifest through the runtime, with signals, progress and a report.
 
+The command itself is declared here too; a ``redis://`` SOURCE is handed to
+`syncward.cli.redis`, everything else is a manifest.
+
 Owns: the run's task group — the signal watcher, the submission (the manifest read by a
 `ManifestFeed` thread, each chunk's entries to `Runtime.submit_entries`, its bad lines to
 `Runtime.reject_lines`), the wait for completion (`Runtime.join`) and the progress bar.
@@ -32,22 +35,35 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import click
 
-from syncward._cli_common import ExitCode, Interrupt, RunAborted, check_db_dir, load_handler
-from syncward._cli_feed import ManifestFeed
-from syncward._cli_progress import show_progress
 from syncward.adapters.manifest import STDIN, Entry, Manifest, Rejection, open_manifest
+from syncward.cli.common import (
+    ExitCode,
+    Interrupt,
+    RunAborted,
+    check_db_dir,
+    guard,
+    load_handler,
+    run_async,
+)
+from syncward.cli.feed import ManifestFeed
+from syncward.cli.options import EXIT_STATUS, FORMATS, db_option, json_option, split_key, stdout
+from syncward.cli.progress import Counters, show_progress
+from syncward.cli.redis import RedisRunOptions, is_redis_source, run_redis
+from syncward.cli.views import render_summary
 from syncward.errors import ConfigError, MailboxClosed
 from syncward.jobs import JobState
-from syncward.report import build_report
+from syncward.report import Report, build_report, dumps
 from syncward.runtime import Runtime
 from syncward.store import open_store
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from rich.console import Console
 
     from syncward.actors.downloader import Handler
 
-__all__ = ["Prepared", "RunConfig", "RunOutcome", "execute", "exit_code", "prepare"]
+__all__ = ["Prepared", "RunConfig", "RunOutcome", "execute", "exit_code", "prepare", "run"]
 
 _CHUNK = 1000
 _STRICT_LISTED = 50
@@ -94,27 +110,116 @@ class Prepared:
             self.spool.close()
 
 
-@dataclass
-class Counters:
-    """What the submission has done so far (read by the progress bar)."""
-
-    entries: int = 0
-    rejected: int = 0
-    new: int = 0
-    duplicates: int = 0
-    submitted_all: bool = False
-
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RunOutcome:
+    """How a run ended: its report (read after the runtime drained) and what it did."""
+
     run_id: int | None
-    report: dict[str, Any]
-    run_states: dict[JobState, int]
+    report: Report
+    run_states: Mapping[JobState, int]
     counters: Counters
     finished: bool
     killed: bool
     elapsed: float
     source: str
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+@click.command(epilog=EXIT_STATUS, short_help="Run every job of a manifest file (or stdin).")
+@click.argument("source", metavar="SOURCE")
+@click.option("--handler", "handler", required=True, metavar="TARGET",
+              help="The async handler(job, ctx): package.module:function or "
+                   "path/to/file.py:function.")
+@db_option
+@click.option("--concurrency", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Jobs run at the same time (downloaders).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Attempts per job before it is failed (the dead-letter set).")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Lease length; renewed while the handler runs.")
+@click.option("--job-timeout", type=click.FloatRange(min=0), default=600.0,
+              show_default=True, help="Seconds one attempt may take (0: no limit).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="On SIGINT/SIGTERM, seconds in-flight jobs get to finish.")
+@click.option("--key", "key", metavar="COL,...",
+              help="Identity columns of a .csv (default: id), or the identity field name "
+                   "of a .txt (default: id).")
+@click.option("--format", "fmt", type=FORMATS,
+              help="Manifest format, when the extension does not say (stdin: txt).")
+@click.option("--strict", is_flag=True,
+              help="Check every manifest line first; any bad line refuses the whole run "
+                   "(exit 2) before any work starts.")
+@click.option("--until-empty", is_flag=True,
+              help="redis:// SOURCE: stop once it is drained and every job has finished "
+                   "(a manifest always runs until done).")
+@click.option("--no-progress", is_flag=True,
+              help="No progress bar (it is only shown when stdout is a terminal).")
+@json_option
+@click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto",
+              show_default=True, help="Event loop: auto is uvloop when it is installed.")
+@guard
+def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
+        lease_seconds: float, job_timeout: float, grace: float, key: str | None,
+        fmt: str | None, strict: bool, until_empty: bool, no_progress: bool, as_json: bool,
+        loop: str) -> None:
+    """Run every job of the manifest SOURCE (a file, or - for stdin) through TARGET.
+
+    \b
+    Manifest formats, by extension (or --format):
+      .txt    one identity per line, {"id": line}; blank lines and # comments ignored
+      .csv    a header line; the identity is the --key columns (default id), the other
+              columns are the payload
+      .jsonl  one object per line: {"identity": {...}, "payload": {...}} (payload optional)
+
+    The manifest is read as a stream. Bad lines (not UTF-8, unparseable, wrong columns,
+    empty or invalid identity) are rejected one by one, recorded with the run with their
+    line number and reason, and listed in the report; the good lines still run. With
+    --strict any bad line refuses the whole run first.
+
+    Running the same command again resumes: committed jobs are not redone, and the
+    report compares the store with this run's entries. SIGINT or SIGTERM stops leasing,
+    lets in-flight jobs finish within --grace, releases the rest and exits 3; a second
+    SIGINT stops at once (the next run recovers its leases).
+
+    At the end: a summary table, or with --json the report object (as `syncward report
+    --json --run ID`).
+
+    SOURCE may also be redis://HOST:PORT/DB?stream=NAME&group=G (a Redis stream read
+    through a consumer group) or redis://HOST:PORT/DB?list=NAME (a Redis list, drained
+    without loss); it runs until stopped (exit 3), or with --until-empty until drained.
+    """
+    if is_redis_source(source):
+        if key or fmt or strict:
+            raise ConfigError("--key, --format and --strict apply to manifests, not to "
+                              "redis:// sources")
+        run_redis(RedisRunOptions(
+            source=source, handler=handler, db=db, concurrency=concurrency,
+            max_attempts=max_attempts, lease_seconds=lease_seconds,
+            job_timeout=job_timeout or None, grace=grace, until_empty=until_empty,
+            progress=not no_progress, as_json=as_json, loop=loop))
+    cfg = RunConfig(
+        source=source, handler=handler, db=db, format=fmt, key=split_key(key),
+        concurrency=concurrency, max_attempts=max_attempts, lease_seconds=lease_seconds,
+        job_timeout=job_timeout or None, grace=grace, strict=strict,
+        progress=not no_progress, loop=loop)
+    prepared = prepare(cfg)
+    try:
+        out = stdout()
+        console = out if cfg.progress and out.is_terminal else None
+        outcome = run_async(execute, cfg, prepared, console, loop=loop)
+    finally:
+        prepared.close()
+    code = exit_code(outcome)
+    if as_json:
+        click.echo(dumps(outcome.report.as_dict()))
+    else:
+        render_summary(stdout(), outcome, int(code))
+    sys.exit(int(code))
+
+
+# --- before any work ---------------------------------------------------------------------
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -172,14 +277,11 @@ def _strict_pass(manifest: Manifest, cfg: RunConfig) -> None:
 def exit_code(outcome: RunOutcome) -> ExitCode:
     if not outcome.finished:
         return ExitCode.INTERRUPTED
-    manifest = outcome.report["manifest"] or {}
-    if (outcome.report["rejected"] or outcome.run_states[JobState.FAILED]
-            or manifest.get("missing") or manifest.get("not_terminal")):
+    report, manifest = outcome.report, outcome.report.manifest
+    if (report.rejected or outcome.run_states[JobState.FAILED]
+            or (manifest is not None and (manifest.missing or manifest.not_terminal))):
         return ExitCode.FAILED
     return ExitCode.OK
-
-
-# --- signals -----------------------------------------------------------------------------
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -242,7 +344,7 @@ async def _run(cfg: RunConfig, prepared: Prepared, interrupt: Interrupt,
 
 
 async def _final_report(db: str, run_id: int | None
-                        ) -> tuple[dict[str, Any], dict[JobState, int]]:
+                        ) -> tuple[Report, dict[JobState, int]]:
     store = await open_store(db, readonly=True)
     try:
         report = await build_report(store, run_id=run_id)

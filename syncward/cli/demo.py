@@ -1,6 +1,6 @@
 """``syncward demo``: download a local archive with faults on, and tell the truth about it.
 
-Owns: one event loop holding the archive server (``examples/archive_server.py``, started
+Owns: one event loop holding the archive server (`syncward.testing.archive`, started
 in-process on 127.0.0.1), an `HttpFetcher` and a `Runtime` whose handler downloads each
 catalogue file into ``--out``, with the progress bar of ``syncward run``.
 
@@ -10,17 +10,18 @@ permanent 404s, failed with their errors, and the duplicates, skipped and pointi
 job holding the same bytes; no entry missing, no stats drift. Exit 0 exactly then, else 1.
 Running it again with the same ``--db`` and ``--out`` resumes, and redoes nothing.
 
-Design note: the archive server lives in ``examples/`` (a runnable program of its own),
-which a wheel does not ship; the demo loads it from the source checkout next to the
-package and says so when it cannot be found.
-XX: moving the server into the package (e.g. ``syncward.testing.archive``) would make
-the demo work from an installed wheel.
+The result is a `DemoResult` (frozen): the store's `Report` plus what the demo saw;
+``--json`` prints its ``as_dict()``, the report's object with a ``"demo"`` section added.
+
+Design note: the archive server is a module of the package (`syncward.testing.archive`;
+its docstring says why there), imported like any other, so the demo works the same from
+a source checkout and from an installed wheel. ``examples/archive_server.py`` is only the
+script that serves it on its own.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sys
 import tempfile
 import time
@@ -31,52 +32,31 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import click
-from rich.console import Console
 
-from syncward._cli_common import ExitCode, check_db_dir, guard, run_async
-from syncward._cli_progress import show_progress
-from syncward._cli_run import Counters
-from syncward._cli_views import render_report
 from syncward.adapters.http import HttpFetcher, part_cleanup
-from syncward.errors import ConfigError
+from syncward.cli.common import ExitCode, check_db_dir, guard, run_async
+from syncward.cli.options import stdout
+from syncward.cli.progress import Counters, show_progress
+from syncward.cli.views import render_report
 from syncward.jobs import JobSpec, JobState, job_key
-from syncward.report import build_report, dumps
+from syncward.report import Report, build_report, dumps
 from syncward.retry import RetryPolicy
 from syncward.runtime import Runtime
 from syncward.store import open_store
+from syncward.testing.archive import ArchiveConfig, ArchiveServer
 
 if TYPE_CHECKING:
-    from types import ModuleType
+    from collections.abc import Sequence
 
-__all__ = ["DEFAULT_FILES", "demo", "load_archive_module"]
+    from rich.console import Console
+
+    from syncward.adapters.http import FetcherStatistics
+    from syncward.messages import ReconcileReport
+    from syncward.testing.archive import ArchiveFile
+
+__all__ = ["DEFAULT_FILES", "DemoResult", "demo"]
 
 DEFAULT_FILES = 100
-_ARCHIVE = Path(__file__).resolve().parent.parent / "examples" / "archive_server.py"
-_MODULE = "syncward_archive_server"
-
-
-def load_archive_module() -> ModuleType:
-    """``examples/archive_server.py`` as a module (loaded once per process).
-
-    Raises:
-        ConfigError: the file is not there (syncward installed without its sources).
-    """
-    if _MODULE in sys.modules:
-        return sys.modules[_MODULE]
-    if not _ARCHIVE.is_file():
-        raise ConfigError(f"the demo needs {_ARCHIVE} (from syncward's source checkout); "
-                          "install syncward from its repository with pip install -e .")
-    spec = importlib.util.spec_from_file_location(_MODULE, _ARCHIVE)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"{_ARCHIVE} cannot be loaded as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_MODULE] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[_MODULE]
-        raise
-    return module
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +70,62 @@ class DemoConfig:
     progress: bool
 
 
-async def _run(cfg: DemoConfig, console: Console | None) -> dict[str, Any]:
-    archive_mod = load_archive_module()
-    config = archive_mod.ArchiveConfig(files=cfg.files, seed=cfg.seed, fault_rate=cfg.fault_rate,
-                                       retry_after=1.0, slow_seconds=0.5)
+@dataclass(frozen=True, slots=True)
+class SkippedJob:
+    """A job the store holds as skipped (a duplicate), and why."""
+
+    key: str
+    identity: dict[str, str | int]
+    reason: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "identity": self.identity, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """The store's report and what the demo saw: the verdict, the server, the fetcher.
+
+    ``problems`` lists every difference from what a correct client ends with (see
+    ``ArchiveServer.expected``); the demo is right exactly when it is empty.
+    """
+
+    report: Report
+    problems: tuple[str, ...]
+    out: Path
+    db: str
+    elapsed: float
+    files: int
+    skipped: tuple[SkippedJob, ...]
+    expected: dict[str, Any]
+    reconcile: ReconcileReport | None
+    requests: int
+    faults: dict[str, int]
+    fetcher: FetcherStatistics
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``demo --json`` prints: the report's object plus a ``"demo"`` section."""
+        f = self.fetcher
+        return {**self.report.as_dict(), "demo": {
+            "ok": self.ok, "problems": list(self.problems), "out": str(self.out),
+            "db": self.db, "elapsed": self.elapsed, "files": self.files,
+            "skipped": [s.as_dict() for s in self.skipped], "expected": self.expected,
+            "reconcile": self.reconcile.as_dict() if self.reconcile is not None else None,
+            "server": {"requests": self.requests, "faults": self.faults},
+            "fetcher": {"bytes": f.bytes_received, "resumed": f.resumed,
+                        "restarted": f.restarted, "gets": f.gets}}}
+
+
+async def _run(cfg: DemoConfig, console: Console | None) -> DemoResult:
+    config = ArchiveConfig(files=cfg.files, seed=cfg.seed, fault_rate=cfg.fault_rate,
+                           retry_after=1.0, slow_seconds=0.5)
     dest = cfg.out / "lightcurves"
     started = time.monotonic()
-    async with archive_mod.ArchiveServer(config) as archive, HttpFetcher() as fetcher:
+    async with ArchiveServer(config) as archive, HttpFetcher() as fetcher:
         reconcile = await _download_all(cfg, console, archive, fetcher, dest)
         stats = fetcher.statistics()
         faults = Counter(str(r.fault) for r in archive.requests if r.fault is not None)
@@ -107,17 +136,15 @@ async def _run(cfg: DemoConfig, console: Console | None) -> dict[str, Any]:
     report, states, skipped = await _read_store(cfg.db, archive.catalogue)
     verdict = await anyio.to_thread.run_sync(_verdict, expected, checksums, states, skipped,
                                              report, dest)
-    return {**report, "demo": {
-        "ok": not verdict, "problems": verdict, "out": str(dest), "db": cfg.db,
-        "elapsed": round(time.monotonic() - started, 2), "files": len(states),
-        "skipped": skipped, "expected": expected, "reconcile": reconcile,
-        "server": {"requests": requests, "faults": dict(sorted(faults.items()))},
-        "fetcher": {"bytes": stats.bytes_received, "resumed": stats.resumed,
-                    "restarted": stats.restarted, "gets": stats.gets}}}
+    return DemoResult(
+        report=report, problems=tuple(verdict), out=dest, db=cfg.db,
+        elapsed=round(time.monotonic() - started, 2), files=len(states), skipped=skipped,
+        expected=expected, reconcile=reconcile, requests=requests,
+        faults=dict(sorted(faults.items())), fetcher=stats)
 
 
-async def _download_all(cfg: DemoConfig, console: Console | None, archive: Any,
-                        fetcher: HttpFetcher, dest: Path) -> dict[str, Any] | None:
+async def _download_all(cfg: DemoConfig, console: Console | None, archive: ArchiveServer,
+                        fetcher: HttpFetcher, dest: Path) -> ReconcileReport | None:
     """Every catalogue file through a runtime; returns its start-up reconciliation."""
     runtime = Runtime(fetcher.handler(dest), store=cfg.db, concurrency=cfg.concurrency,
                       max_attempts=6, lease_seconds=30.0, job_timeout=60.0, grace=5.0,
@@ -131,11 +158,11 @@ async def _download_all(cfg: DemoConfig, console: Console | None, archive: Any,
                 tg.start_soon(show_progress, rt, cfg.db, Counters(submitted_all=True), console)
             await rt.join()
             tg.cancel_scope.cancel()
-        return rt.reconcile_report.as_dict() if rt.reconcile_report else None
+        return rt.reconcile_report
 
 
-async def _read_store(db: str, catalogue: list[Any]) -> tuple[
-        dict[str, Any], dict[str, tuple[str, str | None]], list[dict[str, Any]]]:
+async def _read_store(db: str, catalogue: Sequence[ArchiveFile]) -> tuple[
+        Report, dict[str, tuple[str, str | None]], tuple[SkippedJob, ...]]:
     """The report, each catalogue file's (state, error), and the skipped jobs."""
     store = await open_store(db, readonly=True)
     try:
@@ -144,16 +171,16 @@ async def _read_store(db: str, catalogue: list[Any]) -> tuple[
         for f in catalogue:
             row = await store.get_job(job_key({"file": f.name}))
             states[f.name] = (row.state.value, row.last_error) if row else ("absent", None)
-        skipped = [{"key": j.key, "identity": j.identity, "reason": j.last_error}
-                   for j in await store.jobs_in_state(JobState.SKIPPED, limit=1000)]
+        skipped = tuple(SkippedJob(key=j.key, identity=j.identity, reason=j.last_error)
+                        for j in await store.jobs_in_state(JobState.SKIPPED, limit=1000))
     finally:
         await store.aclose()
     return report, states, skipped
 
 
 def _verdict(expected: dict[str, Any], checksums: dict[str, str],
-             states: dict[str, tuple[str, str | None]], skipped: list[dict[str, Any]],
-             report: dict[str, Any], dest: Path) -> list[str]:
+             states: dict[str, tuple[str, str | None]], skipped: tuple[SkippedJob, ...],
+             report: Report, dest: Path) -> list[str]:
     """Everything that differs from what a correct client ends with (empty: all right)."""
     problems: list[str] = []
     for name in expected["missing"]:
@@ -178,8 +205,8 @@ def _verdict(expected: dict[str, Any], checksums: dict[str, str],
     if len(skipped) != len(expected["duplicates"]):
         problems.append(f"expected {len(expected['duplicates'])} skipped duplicates, "
                         f"the store has {len(skipped)}")
-    if report["stats_drift"]:
-        problems.append(f"stats drift {report['stats_drift']} (should be 0)")
+    if report.stats_drift:
+        problems.append(f"stats drift {report.stats_drift} (should be 0)")
     return problems
 
 
@@ -191,28 +218,28 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
-def _render(console: Console, result: dict[str, Any]) -> None:
-    d = result["demo"]
-    render_report(console, result, title=f"syncward demo: {d['files']} light curves from the "
-                  f"local archive in {d['elapsed']:.1f}s", source=None)
-    if d["skipped"]:
-        console.print(f"[bold]Skipped[/] ({len(d['skipped'])}):", highlight=False)
-        for s in d["skipped"]:
-            console.print(f"  {s['identity'].get('file', s['key'][:16])}: {s['reason']}",
+def _render(console: Console, result: DemoResult) -> None:
+    render_report(console, result.report, title=f"syncward demo: {result.files} light curves "
+                  f"from the local archive in {result.elapsed:.1f}s", source=None)
+    if result.skipped:
+        console.print(f"[bold]Skipped[/] ({len(result.skipped)}):", highlight=False)
+        for s in result.skipped:
+            console.print(f"  {s.identity.get('file', s.key[:16])}: {s.reason}",
                           highlight=False, markup=False)
-    faults = ", ".join(f"{k}: {n}" for k, n in sorted(d["server"]["faults"].items()))
-    f = d["fetcher"]
-    console.print(f"Server: {d['server']['requests']} requests, faults injected: "
+    faults = ", ".join(f"{k}: {n}" for k, n in sorted(result.faults.items()))
+    f = result.fetcher
+    console.print(f"Server: {result.requests} requests, faults injected: "
                   f"{faults or 'none'}", highlight=False)
-    console.print(f"Fetcher: {f['bytes'] / 1e6:.1f} MB received, {f['resumed']} transfer(s) "
-                  f"resumed from a partial file, {f['restarted']} restarted", highlight=False)
-    console.print(f"Files in {d['out']}, store {d['db']}", highlight=False)
-    if d["ok"]:
+    console.print(f"Fetcher: {f.bytes_received / 1e6:.1f} MB received, {f.resumed} "
+                  f"transfer(s) resumed from a partial file, {f.restarted} restarted",
+                  highlight=False)
+    console.print(f"Files in {result.out}, store {result.db}", highlight=False)
+    if result.ok:
         console.print("[bold green]OK[/]: every file downloaded and verified, except the "
                       "permanent 404s (failed) and the duplicates (skipped).")
     else:
         console.print("[bold red]NOT OK[/]:")
-        for p in d["problems"]:
+        for p in result.problems:
             console.print(f"  {p}", markup=False, highlight=False)
 
 
@@ -245,14 +272,13 @@ def demo(files: int, out: str | None, db: str | None, seed: int, fault_rate: flo
     out_dir.mkdir(parents=True, exist_ok=True)
     db_url = db if db is not None else f"sqlite:///{out_dir.resolve() / 'demo.db'}"
     check_db_dir(db_url)
-    load_archive_module()
     cfg = DemoConfig(files=files, out=out_dir.resolve(), db=db_url, seed=seed,
                      fault_rate=fault_rate, concurrency=concurrency, progress=not no_progress)
-    stdout = Console(highlight=False, soft_wrap=True)
-    console = stdout if cfg.progress and stdout.is_terminal and not as_json else None
+    out_console = stdout()
+    console = out_console if cfg.progress and out_console.is_terminal and not as_json else None
     result = run_async(_run, cfg, console)
     if as_json:
-        click.echo(dumps(result))
+        click.echo(dumps(result.as_dict()))
     else:
-        _render(stdout, result)
-    sys.exit(int(ExitCode.OK if result["demo"]["ok"] else ExitCode.FAILED))
+        _render(out_console, result)
+    sys.exit(int(ExitCode.OK if result.ok else ExitCode.FAILED))

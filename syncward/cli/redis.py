@@ -34,9 +34,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import click
-from rich.console import Console
 
-from syncward._cli_common import (
+from syncward.cli.common import (
     ExitCode,
     Interrupt,
     RunAborted,
@@ -44,21 +43,24 @@ from syncward._cli_common import (
     load_handler,
     run_async,
 )
-from syncward._cli_progress import show_progress
-from syncward._cli_run import Counters
-from syncward._cli_views import render_report
+from syncward.cli.options import stdout
+from syncward.cli.progress import Counters, show_progress
+from syncward.cli.views import render_report
 from syncward.errors import ConfigError, MailboxClosed, MissingDependency
 from syncward.jobs import JobState
-from syncward.report import build_report, dumps
+from syncward.report import Report, build_report, dumps
 from syncward.runtime import Runtime
 from syncward.store import open_store
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from syncward.actors.downloader import Handler
     from syncward.adapters.redis import RedisStreamSource
     from syncward.adapters.redis_list import RedisListSource
 
-__all__ = ["RedisRunOptions", "build_source", "is_redis_source", "run_redis"]
+__all__ = ["RedisRunOptions", "RedisRunResult", "build_source", "is_redis_source",
+           "run_redis"]
 
 _SCHEMES = ("redis://", "rediss://")
 _POLL = 0.05
@@ -82,6 +84,22 @@ class RedisRunOptions:
     progress: bool
     as_json: bool
     loop: str
+
+
+@dataclass(frozen=True, slots=True)
+class RedisRunResult:
+    """The report after the run, the source's status then, and the run's duration.
+
+    ``source`` is the adapter's own status document (`RedisStreamSource.status`).
+    """
+
+    report: Report
+    source: dict[str, Any]
+    elapsed: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``--json`` prints: the report with ``"source"`` and ``"elapsed"`` added."""
+        return {**self.report.as_dict(), "source": self.source, "elapsed": self.elapsed}
 
 
 def build_source(url: str) -> RedisStreamSource | RedisListSource:
@@ -138,19 +156,19 @@ def run_redis(opts: RedisRunOptions) -> NoReturn:
     check_db_dir(opts.db)
     handler = load_handler(opts.handler)
     src = build_source(opts.source)
-    out = Console(highlight=False, soft_wrap=True)
+    out = stdout()
     console = out if opts.progress and out.is_terminal else None
-    code, report = run_async(_execute, opts, handler, src, console, loop=opts.loop)
+    code, result = run_async(_execute, opts, handler, src, console, loop=opts.loop)
     if opts.as_json:
-        click.echo(dumps(report))
+        click.echo(dumps(result.as_dict()))
     else:
-        _render(out, opts, report, code)
+        _render(out, result, code)
     sys.exit(int(code))
 
 
 async def _execute(opts: RedisRunOptions, handler: Handler,
                    src: RedisStreamSource | RedisListSource, console: Console | None
-                   ) -> tuple[ExitCode, dict[str, Any]]:
+                   ) -> tuple[ExitCode, RedisRunResult]:
     await _preflight(src)
     started = time.monotonic()
     stop = Interrupt(stopping="what was read is committed and acknowledged, in-flight "
@@ -181,14 +199,13 @@ async def _execute(opts: RedisRunOptions, handler: Handler,
         finally:
             signals.cancel_scope.cancel()
     status = src.status()
-    report = await _final_report(opts.db)
-    report["source"] = status
-    report["elapsed"] = round(time.monotonic() - started, 3)
+    result = RedisRunResult(report=await _final_report(opts.db), source=status,
+                            elapsed=round(time.monotonic() - started, 3))
     if not finished:
-        return ExitCode.INTERRUPTED, report
-    problems = (report["counts"][JobState.FAILED.value] or status["dead_lettered"]
+        return ExitCode.INTERRUPTED, result
+    problems = (result.report.counts[JobState.FAILED] or status["dead_lettered"]
                 or status["gaps"])
-    return (ExitCode.FAILED if problems else ExitCode.OK), report
+    return (ExitCode.FAILED if problems else ExitCode.OK), result
 
 
 async def _until_empty(rt: Runtime, src: RedisStreamSource | RedisListSource) -> None:
@@ -215,7 +232,7 @@ async def _progress(rt: Runtime, src: RedisStreamSource | RedisListSource, db: s
             await anyio.sleep(0.25)
 
 
-async def _final_report(db: str) -> dict[str, Any]:
+async def _final_report(db: str) -> Report:
     store = await open_store(db, readonly=True)
     try:
         return await build_report(store)
@@ -223,13 +240,13 @@ async def _final_report(db: str) -> dict[str, Any]:
         await store.aclose()
 
 
-def _render(console: Console, opts: RedisRunOptions, report: dict[str, Any], code: int) -> None:
-    status = report["source"]
+def _render(console: Console, result: RedisRunResult, code: int) -> None:
+    status = result.source
     verb = {0: "drained", 1: "drained with problems", 3: "stopped"}.get(code, "ended")
     what = (f"stream {status['stream']} (group {status['group']})" if "stream" in status
             else f"list {status['list']}")
-    render_report(console, report, title=f"{status['redis']} {what}: {verb} in "
-                  f"{report['elapsed']:,.1f}s (exit {code})", source=None)
+    render_report(console, result.report, title=f"{status['redis']} {what}: {verb} in "
+                  f"{result.elapsed:,.1f}s (exit {code})", source=None)
     console.print(f"Read {status['read']:,} item(s) as consumer {status['consumer']}: "
                   f"{status['committed']:,} recorded, {status['acked']:,} acknowledged, "
                   f"{status['dead_lettered']:,} dead-lettered, {status['claimed']:,} claimed "

@@ -2,14 +2,16 @@
 
 Counts come from `Runtime.stats` (the stats-keeper's committed counts, no database read),
 refreshed a few times a second. "Retrying" (planned jobs that already failed an attempt)
-is not among those counts, so it is read from the store about once a second, on a
-read-only connection of its own so that the query never delays the handlers' reads.
+is not among those counts, so it is read from the runtime's store about once a second.
 The bar covers every job in the store: a resumed run starts where the last one stopped.
+`Counters` is what the submitting side has done so far (lines read, jobs new or known):
+the manifest run, the Redis run and the demo each fill one in for the bar to show.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -32,15 +34,25 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.progress import Task
 
-    from syncward._cli_run import Counters
     from syncward.actors.stats_keeper import StatsSnapshot
     from syncward.runtime import Runtime
     from syncward.store.base import StoreReader
 
-__all__ = ["show_progress"]
+__all__ = ["Counters", "show_progress"]
 
 _REFRESH = 0.25
 _RETRYING_EVERY = 1.0
+
+
+@dataclass
+class Counters:
+    """What the submission has done so far (written by the submitter, read by the bar)."""
+
+    entries: int = 0
+    rejected: int = 0
+    new: int = 0
+    duplicates: int = 0
+    submitted_all: bool = False
 
 
 class _RateColumn(ProgressColumn):

@@ -1,0 +1,63 @@
+"""The ``syncward`` command line: run, status, report, reconcile, retry, demo.
+
+This package holds one module per command group, each declaring its click command beside
+the code it runs: `run` (a manifest; `feed` reads it, `progress` draws the bar),
+`redis` (``run redis://...``), `status`, `report`, `admin` (reconcile and retry) and
+`demo`. `common` is what they share at run time (exit codes, errors, handler loading,
+signals, the event loop), `options` what they share in their declarations, `views` the
+renderings. This module only makes the group and registers the commands.
+
+It is the entry point (``syncward = "syncward.cli:main"``; ``python -m syncward.cli``
+runs the same), so it is the one place that reads the environment (``SYNCWARD_DB``,
+``SYNCWARD_DEBUG``) and the one place that may choose uvloop.
+
+Design note: commands are declared with ``click.command`` in their modules and added
+here, rather than with ``@cli.command`` against a group imported from here: the command
+modules then never import this package's ``__init__``, so there is no import cycle, and
+each module can be read (and tested) on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from syncward import __version__
+from syncward.cli import admin, demo, report, run, status
+from syncward.cli.common import ExitCode, fail
+from syncward.cli.options import EXIT_STATUS
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"],
+                               "max_content_width": 100},
+             epilog=EXIT_STATUS)
+@click.version_option(__version__, prog_name="syncward")
+def cli() -> None:
+    """Run a manifest of jobs through syncward's runtime, watch it, report on it.
+
+    A job is named by its identity (job key = SHA-256 of the canonical identity), so
+    running the same manifest again resumes: committed jobs are never redone. The store
+    is one SQLite file; `status` and `report` read it while a run is going on.
+    """
+
+
+cli.add_command(run.run)
+cli.add_command(status.status)
+cli.add_command(report.report)
+cli.add_command(admin.reconcile)
+cli.add_command(admin.retry)
+cli.add_command(demo.demo)
+
+
+def main() -> None:
+    """The console script ``syncward``."""
+    logging.basicConfig(level=logging.WARNING, format="syncward: %(message)s",
+                        stream=sys.stderr)
+    try:
+        cli(prog_name="syncward")
+    except KeyboardInterrupt:  # before the run installed its signal handling
+        fail("interrupted", ExitCode.INTERRUPTED)
