@@ -52,6 +52,7 @@ __all__ = [
     "Submit",
     "SubmitResult",
     "SyncerMsg",
+    "Wake",
     "WorkerStatus",
     "refuse",
     "settle",
@@ -164,11 +165,24 @@ class Submit:
 class Recount:
     """Ask for a consistent count by state, taken inside the next committed batch.
 
-    The stats-keeper sends it at start (``reset``: its counts become the snapshot) and on
-    its recount period (the snapshot is compared with its counts: the drift).
+    The stats-keeper sends it at start (``reset``: its counts become the snapshot), on
+    its recount period (a check: the store counts its rows, and any difference from what
+    was kept is drift) and, on a store several runtimes write, every few seconds
+    (``refresh``: the store's running totals, which include the other writers' commits).
     """
 
     reset: bool = False
+    refresh: bool = False
+
+    @property
+    def check(self) -> bool:
+        return not (self.reset or self.refresh)
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Work may be due now (another runtime submitted it): lease at once, not at the next
+    poll. Changes nothing in the store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +385,7 @@ SyncerMsg: TypeAlias = (
     | FinishRun
     | Reconcile
     | SetMeta
+    | Wake
 )
 
 
@@ -397,7 +412,8 @@ class ApplyResult:
     results: list[Result]
     deltas: dict[JobState, int]
     leased: list[Job]
-    counts: dict[JobState, int] | None = None  # a consistent recount, when asked for
+    counts: dict[JobState, int] | None = None  # the store's totals, when a Recount asked
+    checked: dict[JobState, int] | None = None  # its rows counted, when a check asked
 
 
 def settle(msg: SyncerMsg, result: Result) -> None:

@@ -32,7 +32,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -47,7 +47,7 @@ from syncward.actors.stats_keeper import Stats, StatsKeeper, StatsSnapshot
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
 from syncward.adapters.base import ReconcileHook
 from syncward.clock import Clock, SystemClock
-from syncward.errors import ConfigError, InvalidJob, SupervisorGaveUp
+from syncward.errors import ConfigError, InvalidJob, MailboxClosed, MailboxFull, SupervisorGaveUp
 from syncward.jobs import Job, JobSpec, canonical_identity, job_key
 from syncward.messages import (
     Accepted,
@@ -64,11 +64,12 @@ from syncward.messages import (
     Submit,
     SubmitResult,
     SyncerMsg,
+    Wake,
     WorkerStatus,
 )
-from syncward.report import build_report
+from syncward.report import Report, build_report
 from syncward.retry import RetryPolicy
-from syncward.store import Store, open_store
+from syncward.store import Liveness, Store, open_store
 from syncward.supervisor import (
     Actor,
     ChildSpec,
@@ -307,7 +308,7 @@ class Runtime:
                           before_restart=lambda: self._stats_mb.redeliver("stats-keeper")),
                 ChildSpec(id="lease-reaper", factory=self._new_reaper),
                 *(ChildSpec(id=name, factory=factory)
-                  for name, factory in self.store.housekeeping()),
+                  for name, factory in self.store.housekeeping(_StoreHooks(self))),
                 ChildSpec(id="status-publisher", factory=lambda: StatusPublisher(
                     publish=self.store.publish_status, snapshot=self._published)),
                 ChildSpec(id="pool", factory=self._new_pool, restart=Restart.TRANSIENT,
@@ -334,7 +335,7 @@ class Runtime:
     def _new_stats_keeper(self) -> StatsKeeper:
         return StatsKeeper(stats=self._stats, mailbox=self._stats_mb, syncer=self._syncer_mb,
                            clock=self.clock, recount_every=self.recount_every,
-                           faults=self.faults)
+                           shared=self.store.liveness is Liveness.SHARED, faults=self.faults)
 
     def _new_reaper(self) -> LeaseReaper:
         return LeaseReaper(store=self.store, syncer=self._syncer_mb, clock=self.clock,
@@ -539,11 +540,36 @@ class Runtime:
         """How many more messages the syncer's mailbox takes now without waiting."""
         return max(0, self._syncer_mb.capacity - len(self._syncer_mb))
 
-    async def report(self, *, run_id: int | None = None) -> dict[str, Any]:
+    async def report(self, *, run_id: int | None = None) -> Report:
         """The health report (see `syncward.report`), with this runtime's live drift."""
         report = await build_report(self.store, run_id=run_id)
-        report["stats_drift"] = max(report["stats_drift"], self._stats.drift_total)
-        return report
+        return replace(report, stats_drift=max(report.stats_drift, self._stats.drift_total))
+
+
+class _StoreHooks:
+    """The `StoreHooks` a runtime hands its store's own actors."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    @property
+    def boot_id(self) -> str:
+        return self._rt.boot_id
+
+    @property
+    def worker(self) -> str:
+        return self._rt.worker
+
+    @property
+    def clock(self) -> Clock:
+        return self._rt.clock
+
+    async def send(self, msg: SyncerMsg) -> None:
+        await self._rt.send(msg)
+
+    def wake(self) -> None:
+        with contextlib.suppress(MailboxFull, MailboxClosed):
+            self._rt._syncer_mb.send_nowait(Wake())  # a full mailbox: the syncer is busy
 
 
 class _SourcePort:

@@ -12,6 +12,14 @@ arrives in the same ordered stream as the deltas: at that point the stats-keeper
 counts and the snapshot describe the same commit, and any difference is real drift.
 Until the reset snapshot arrives, `Stats.loaded` is False and nothing is reported;
 deltas from before the snapshot are already inside it and are discarded.
+
+A store several runtimes write (``shared``) changes under this keeper's feet: its own
+deltas are not the whole story. Such a store keeps running totals by state in the same
+transactions as its rows, so every ``refresh_every`` seconds the keeper asks for them
+(`Recount(refresh=True)`, a tiny read) and adopts them: every runtime's counts are then
+within a few seconds of every other runtime's commits. Drift is then the store's own
+check — its totals against its rows, counted in one transaction on the recount period —
+and must be 0 as well.
 """
 
 from __future__ import annotations
@@ -98,12 +106,15 @@ class StatsKeeper:
 
     def __init__(self, *, stats: Stats, mailbox: Mailbox[StatsUpdate],
                  syncer: Mailbox[SyncerMsg], clock: Clock, recount_every: float = 30.0,
+                 shared: bool = False, refresh_every: float = 2.0,
                  faults: Faults | None = None) -> None:
         self.stats = stats
         self.mailbox = mailbox
         self.syncer = syncer
         self.clock = clock
         self.recount_every = recount_every
+        self.shared = shared
+        self.refresh_every = refresh_every
         self.faults = faults
         self._stop = anyio.Event()
         self._reset_pending = True
@@ -119,6 +130,8 @@ class StatsKeeper:
         task_status.started()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._recount_loop)
+            if self.shared:
+                tg.start_soon(self._refresh_loop)
             tg.start_soon(self._stop_watch, tg.cancel_scope)
             try:
                 while True:
@@ -145,6 +158,11 @@ class StatsKeeper:
             await self.clock.sleep(self.recount_every)
             await self.syncer.send(Recount())
 
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.refresh_every)
+            await self.syncer.send(Recount(refresh=True))
+
     def _apply(self, update: StatsUpdate) -> dict[JobState, int] | None:
         """Apply one committed update; returns the drift found, if a recount showed any."""
         stats = self.stats
@@ -158,8 +176,15 @@ class StatsKeeper:
         else:
             for state, delta in update.deltas.items():
                 stats.counts[state] += delta
-            if update.counts is not None:
-                drift = self._check_drift(update.counts)
+            if self.shared and update.counts is not None:
+                # The totals include the other writers' commits: adopt them. Drift is
+                # the store's totals against its rows, when this was a check.
+                stats.counts = dict(update.counts)
+                if update.checked is not None:
+                    drift = self._check_drift(update.checked)
+            elif update.counts is not None:
+                drift = self._check_drift(update.checked if update.checked is not None
+                                          else update.counts)
         stats.notify()
         return drift
 

@@ -45,6 +45,7 @@ from syncward.messages import (
     Submit,
     SubmitResult,
     SyncerMsg,
+    Wake,
     refuse,
     settle,
 )
@@ -104,6 +105,7 @@ class StatsUpdate:
     deltas: dict[JobState, int]
     counts: dict[JobState, int] | None = None
     reset: bool = False
+    checked: dict[JobState, int] | None = None  # the rows counted, for a check
 
 
 @dataclass
@@ -142,8 +144,10 @@ class LeaseControl:
     boot_id: str
     default_lease_seconds: float
     enabled: bool = True
-    # A commit whose outcome was unknown may have granted leases nobody holds: the next
-    # incarnation of the syncer must know too, so this lives here, not in the syncer.
+    # Leases granted by a commit may be held by nobody: the commit's outcome was unknown,
+    # or the incarnation that made it was stopped (a crash, a restart) between its commit
+    # and handing the jobs out. Set before every commit that leases, cleared once its jobs
+    # are handed out; the next incarnation must know too, so this lives here.
     orphans_possible: bool = False
     renew_wake: anyio.Event = field(default_factory=anyio.Event)
 
@@ -206,7 +210,9 @@ class Syncer:
     async def _commit(self, batch: list[SyncerMsg]) -> None:
         cfg = self.config
         delay = cfg.retry_initial
-        recounts = [m for m in batch if isinstance(m, Recount)]
+        recounts = [m for m in batch if isinstance(m, Recount | Wake)]
+        if any(isinstance(m, Wake) for m in recounts):
+            self._next_due = self.clock.now()  # another runtime said: work is due
         while True:
             demand = min(self._demand(), cfg.max_batch)
             order = None
@@ -220,15 +226,16 @@ class Syncer:
                 return
             if self.faults is not None:
                 self.faults.check("syncer.before_commit")
+            if order is not None:
+                self.control.orphans_possible = True  # until this commit's jobs are out
             try:
                 now = self.clock.now()
-                result = await self.store.apply(extra + batch, now=now, lease=order,
-                                                recount=bool(recounts))
+                result = await self.store.apply(extra + batch, now=now, lease=order)
                 break
             except StoreUnavailable as exc:
-                # If the commit's outcome is unknown it may have granted leases that were
-                # never handed out: look for them after the next successful commit.
-                self.control.orphans_possible = self.control.orphans_possible or order is not None
+                # The commit's outcome is unknown: it may have granted leases that are
+                # never handed out; the flag stays set and they are looked for after the
+                # next successful commit.
                 self._record_failure(exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, cfg.retry_max)
@@ -272,7 +279,8 @@ class Syncer:
             raise CommitFailing(h.error_since, h.retries, str(exc)) from exc
 
     async def _after_commit(self, batch: list[SyncerMsg], result: ApplyResult,
-                            order: LeaseOrder | None, now: float, recounts: list[Recount]
+                            order: LeaseOrder | None, now: float,
+                            recounts: list[Recount | Wake]
                             ) -> None:
         h = self.health
         h.commits += 1
@@ -285,7 +293,9 @@ class Syncer:
             # A stats-keeper that restarted asked for a reset: any Recount of the batch may
             # be it, and the snapshot is the same for all of them.
             update = StatsUpdate(deltas=result.deltas, counts=result.counts,
-                                 reset=any(r.reset for r in recounts))
+                                 reset=any(isinstance(r, Recount) and r.reset
+                                           for r in recounts),
+                                 checked=result.checked)
             if self._stopping:  # the stats-keeper has stopped: counts reload at next start
                 with contextlib.suppress(MailboxClosed, MailboxFull):
                     self.stats.send_nowait(update)
@@ -293,7 +303,9 @@ class Syncer:
                 with contextlib.suppress(MailboxClosed):
                     await self.stats.send(update)
         self._hand_out(result.leased)
-        if self.control.orphans_possible:
+        if order is not None:
+            self.control.orphans_possible = False  # every lease of this commit is out
+        elif self.control.orphans_possible:
             await self._adopt_orphans()
         if order is not None:
             full = len(result.leased) == order.n

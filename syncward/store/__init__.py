@@ -123,8 +123,9 @@ async def open_store(url: str, *, readonly: bool = False, synchronous: str = "fu
     if scheme == "postgresql":
         if importlib.util.find_spec("asyncpg") is None:
             raise MissingDependency("postgres")
-        raise ConfigError(
-            f"store URL {url!r}: the PostgreSQL store is not available in this version")
+        from syncward.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url, readonly=readonly)
     from syncward.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(url, readonly=readonly, synchronous=synchronous)

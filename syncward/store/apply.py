@@ -70,6 +70,7 @@ from syncward.messages import (
     Submit,
     SubmitResult,
     SyncerMsg,
+    Wake,
     WorkerStatus,
 )
 from syncward.store.base import WorkerState
@@ -140,13 +141,20 @@ class Applier:
         await b.all(batch)
         await b.flush()
         leased = await b.lease(lease) if lease is not None and lease.n > 0 else []
-        counts = await tx.count_by_state() if recount else None
         deltas = {s: d for s, d in b.deltas.items() if d}
+        if deltas:
+            await tx.record_deltas(deltas)
+        recounts = [m for m in batch if isinstance(m, Recount)]
+        counts = await tx.count_by_state() if recount or recounts else None
+        checked = None
+        if any(r.check for r in recounts):
+            checked = await tx.count_rows()
         results: list[Result] = []
         for r in b.results:
             assert r is not None, "an effect's result was never resolved"
             results.append(r)
-        return ApplyResult(results=results, deltas=deltas, leased=leased, counts=counts)
+        return ApplyResult(results=results, deltas=deltas, leased=leased, counts=counts,
+                           checked=checked)
 
 
 def _touched_ids(batch: Sequence[SyncerMsg]) -> set[int]:
@@ -257,7 +265,7 @@ class _Batch:
         match msg:
             case Submit():
                 return (await self.submits([msg]))[0]
-            case Recount():
+            case Recount() | Wake():
                 return ACCEPTED
             case Renew():
                 return self.renew(msg)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from syncward.clock import Clock
     from syncward.jobs import Job, JobState
     from syncward.messages import ApplyResult, LeaseOrder, SyncerMsg
     from syncward.supervisor import Actor
@@ -42,6 +43,7 @@ __all__ = [
     "RunInfo",
     "RunReject",
     "Store",
+    "StoreHooks",
     "StoreReader",
     "WorkerRow",
     "WorkerState",
@@ -259,6 +261,29 @@ class StoreReader(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StoreHooks(Protocol):
+    """What a store's own actors (`Store.housekeeping`) may use of the runtime."""
+
+    @property
+    def boot_id(self) -> str: ...
+
+    @property
+    def worker(self) -> str:
+        """This boot's worker name ("" until it is registered)."""
+        ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def send(self, msg: SyncerMsg) -> None:
+        """Deliver a message to the syncer (the only writer)."""
+        ...
+
+    def wake(self) -> None:
+        """Work may be due now: the syncer leases at once instead of at its next poll."""
+        ...
+
+
 class Store(StoreReader, Protocol):
     """The reader plus the one write entry point, which only the syncer calls."""
 
@@ -288,8 +313,9 @@ class Store(StoreReader, Protocol):
         """
         ...
 
-    def housekeeping(self) -> Sequence[tuple[str, Callable[[], Actor]]]:
-        """The backend's own actors, ``(child id, factory)``, run under the root supervisor."""
+    def housekeeping(self, hooks: StoreHooks) -> Sequence[tuple[str, Callable[[], Actor]]]:
+        """The backend's own actors, ``(child id, factory)``, run under the root supervisor
+        (SQLite: the WAL checkpointer; PostgreSQL: liveness and wake-ups)."""
         ...
 
     async def publish_status(self, status: dict[str, Any] | None) -> None:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
 
     from syncward.messages import ApplyResult, LeaseOrder, SyncerMsg
+    from syncward.store.base import StoreHooks
     from syncward.store.port import (
         FinalWrite,
         InsertJob,
@@ -307,6 +308,12 @@ class _MemoryTx:
     async def count_by_state(self) -> dict[JobState, int]:
         return _count(self.d)
 
+    async def count_rows(self) -> dict[JobState, int]:
+        return _count(self.d)
+
+    async def record_deltas(self, deltas: dict[JobState, int]) -> None:
+        return None  # counts are taken from the rows: nothing to keep
+
     async def record_ops(self, writes: Sequence[OpWrite]) -> dict[bytes, tuple[str, bool]]:
         found: dict[bytes, tuple[str, bool]] = {}
         for key, job_id, kind, result, at in writes:
@@ -491,7 +498,7 @@ class MemoryStore:
         assert self._d.owner is not None
         self._d.owner = {**self._d.owner, "boot_id": boot_id}
 
-    def housekeeping(self) -> Sequence[tuple[str, Callable[[], Actor]]]:
+    def housekeeping(self, hooks: StoreHooks) -> Sequence[tuple[str, Callable[[], Actor]]]:
         return ()
 
     def _writable(self) -> None:

@@ -157,7 +157,17 @@ class WriteTx(Protocol):
     async def requeue(self, writes: Sequence[RequeueWrite]) -> None: ...
 
     async def count_by_state(self) -> dict[JobState, int]:
-        """A consistent count, every state present."""
+        """The store's totals by state as of this transaction, every state present (an
+        exclusive store counts its rows; a shared one sums its running totals)."""
+        ...
+
+    async def count_rows(self) -> dict[JobState, int]:
+        """The jobs counted by state, row by row (the check of the totals)."""
+        ...
+
+    async def record_deltas(self, deltas: dict[JobState, int]) -> None:
+        """This batch's changes by state, for a store that keeps running totals (a shared
+        one: its totals then include every writer's commits); others ignore it."""
         ...
 
     async def record_ops(self, writes: Sequence[OpWrite]) -> dict[bytes, tuple[str, bool]]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from store_helpers import BACKENDS
+from store_helpers import BACKENDS, POSTGRES_URL, drop_schemas, require_postgres
 
 from syncward.store import open_store
 from syncward.store.memory import MemoryStore
@@ -36,6 +36,8 @@ class Backend:
         self.names.add(db)
         if self.name == "memory":
             return f"memory://contract-{self.tag}-{db}"
+        if self.name == "postgres":
+            return f"{POSTGRES_URL}?schema=t_{self.tag}_{db}"
         return f"sqlite:///{self.tmp}/{db}.db"
 
     async def open(self, db: str = "jobs", **kwargs: Any) -> Store:
@@ -49,10 +51,14 @@ class Backend:
         if self.name == "memory":
             for db in self.names:
                 MemoryStore.forget(f"contract-{self.tag}-{db}")
+        if self.name == "postgres":
+            await drop_schemas(f"t_{self.tag}_")
 
 
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "postgres":
+        require_postgres()
     b = Backend(request.param, tmp_path)
     try:
         yield b

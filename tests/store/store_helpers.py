@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import socket
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
 
 from syncward.jobs import JobState, job_key, op_key
 from syncward.jobs import canonical_identity as canonical
@@ -36,7 +42,45 @@ if TYPE_CHECKING:
 
 T0 = 1_700_000_000.0
 #: Every backend the contract suite runs on.
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
+#: The PostgreSQL server the suite uses (each test gets schemas of its own).
+POSTGRES_URL = os.environ.get("SYNCWARD_TEST_POSTGRES",
+                              "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def require_postgres() -> None:
+    """Skip (or, under CI=true, fail) when the PostgreSQL server does not answer."""
+    if _postgres_up():
+        return
+    reason = f"PostgreSQL at {POSTGRES_URL} does not answer"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (required under CI=true)")
+    pytest.skip(reason)
+
+
+@functools.cache
+def _postgres_up() -> bool:
+    parts = urlsplit(POSTGRES_URL)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432),
+                                      timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+async def drop_schemas(prefix: str) -> None:
+    """Drop every schema whose name starts with ``prefix`` (a test's own)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        names = await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+                                 prefix + "%")
+        for (name,) in names:
+            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+    finally:
+        await conn.close()
 
 
 def new_job(identity: dict[str, Any], *, payload: Any = None, max_attempts: int = 3,

@@ -411,7 +411,6 @@ def _check_report(report: object, *, dry_run: bool) -> None:
 
 @pytest.mark.parametrize("how", ["apply-dry-run", "message-dry-run", "both"])
 async def test_reconcile_dry_run_changes_nothing(store: Store, how: str) -> None:
-    assert store.liveness is Liveness.EXCLUSIVE
     await _two_boots(store)
     before = await snapshot(store)
     msg_dry = how != "apply-dry-run"
@@ -425,9 +424,9 @@ async def test_reconcile_dry_run_changes_nothing(store: Store, how: str) -> None
     assert await snapshot(store) == before
 
 
-async def test_reconcile_requeues_or_fails_leases_of_other_boots(store: Store) -> None:
-    """An exclusive store proves every other boot dead: its leases go back at once."""
-    assert store.liveness is Liveness.EXCLUSIVE
+async def test_reconcile_requeues_or_fails_leases_of_dead_boots(store: Store) -> None:
+    """A boot the store proves dead loses its leases at once: every other boot for an
+    exclusive store, a boot that holds no lock for a shared one ("old" never attached)."""
     jobs = await _two_boots(store)
     result = await store.apply([Reconcile("new")], now=T0 + 5)
     _check_report(result.results[0], dry_run=False)
@@ -458,6 +457,32 @@ async def test_reconcile_requeues_or_fails_leases_of_other_boots(store: Store) -
     report = again.results[0]
     assert isinstance(report, ReconcileReport)
     assert (report.leases_requeued, report.leases_failed, report.workers_marked_dead) == (0, 0, ())
+
+
+async def test_a_shared_store_keeps_the_leases_of_a_live_boot(backend: Backend) -> None:
+    first = await backend.open()
+    if first.liveness is Liveness.EXCLUSIVE:
+        pytest.skip("an exclusive store has one owner: no other boot can be alive")
+    second = await backend.open()  # another runtime on the same store, alive
+    await second.attach("alive")
+    await submit(first, new_job({"n": 1}), new_job({"n": 2}))
+    await second.apply([RegisterWorker("alive", 2, "h", Reply())], now=T0)
+    (theirs,) = await lease(second, 1, now=T0, boot="alive")
+    await first.apply([RegisterWorker("gone", 1, "h", Reply())], now=T0)
+    (lost,) = await lease(first, 1, now=T0, boot="gone")  # "gone" holds no lock
+    result = await first.apply([Reconcile("me")], now=T0 + 1)
+    report = result.results[0]
+    assert isinstance(report, ReconcileReport)
+    assert (report.leases_requeued, report.workers_marked_dead) == (1, ("worker-2",))
+    kept = await first.get_job(theirs.key)
+    assert kept is not None and (kept.state, kept.fence) == (JobState.LEASED, theirs.fence)
+    back = await first.get_job(lost.key)
+    assert back is not None and back.state is JobState.PLANNED
+    # When the live one's process ends, its lock goes with its connection.
+    await second.aclose()
+    again = (await first.apply([Reconcile("me")], now=T0 + 2)).results[0]
+    assert isinstance(again, ReconcileReport)
+    assert (again.leases_requeued, again.workers_marked_dead) == (1, ("worker-1",))
 
 
 async def test_reconcile_interrupts_the_runs_of_other_boots_only(store: Store) -> None:
@@ -622,13 +647,19 @@ async def test_jobs_in_state_pages_by_id(store: Store) -> None:
     assert flat == sorted(flat) and len(set(flat)) == 7
 
 
-async def test_one_writer_at_a_time_and_readers_beside_it(backend: Backend) -> None:
+async def test_writers_by_liveness_and_readers_beside_them(backend: Backend) -> None:
+    """An exclusive store takes one writer at a time; a shared one takes many."""
     writer = await backend.open()
-    with pytest.raises(StoreLocked):
-        await backend.open()
+    if writer.liveness is Liveness.EXCLUSIVE:
+        with pytest.raises(StoreLocked):
+            await backend.open()
+    else:
+        other = await backend.open()
+        await submit(other, new_job({"n": 0}))
+        assert (await row(writer, {"n": 0})).state is JobState.PLANNED
     reader = await backend.open(readonly=True)
     await submit(writer, new_job({"n": 1}))
-    assert (await reader.counts())[JobState.PLANNED] == 1
+    assert (await row(reader, {"n": 1})).state is JobState.PLANNED
     with pytest.raises(StoreError):
         await reader.apply([Submit((new_job({"n": 2}),))], now=T0)
     await writer.aclose()

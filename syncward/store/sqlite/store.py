@@ -60,15 +60,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from syncward.messages import ApplyResult, LeaseOrder, SyncerMsg
+    from syncward.store.base import StoreHooks
     from syncward.supervisor import Actor
 
 __all__ = ["SQLiteStore", "sqlite_path_from_url", "status_path"]
-
-_JOB_COLS = (
-    "id, key, identity, payload, state, stage, attempts, max_attempts, next_attempt_at,"
-    " lease_owner, lease_expires_at, fence, last_error, result, created_at, updated_at"
-)
-
 
 def sqlite_path_from_url(url: str) -> Path:
     """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or a bare path.
@@ -297,7 +292,7 @@ class SQLiteStore:
         self._lock_info = {**self._lock_info, "boot_id": boot_id}
         self._lock.write(self._lock_info)
 
-    def housekeeping(self) -> Sequence[tuple[str, Callable[[], Actor]]]:
+    def housekeeping(self, hooks: StoreHooks) -> Sequence[tuple[str, Callable[[], Actor]]]:
         return [("checkpointer", lambda: Checkpointer(store=self))]
 
     # --- the write entry point -------------------------------------------------------
@@ -373,11 +368,12 @@ class SQLiteStore:
     # --- reads -----------------------------------------------------------------------
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # One call in the reader's thread: execute, fetch and close there. Awaiting the
+        # three steps separately, a caller cancelled between them (an actor restarted)
+        # left a statement open, and an open statement pins the connection's snapshot:
+        # every later read on it saw the database as it was then.
         try:
-            cur = await self._reader.execute(sql, params)
-            rows = await cur.fetchall()
-            await cur.close()
-            return list(rows)
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreUnavailable("read", exc) from exc
 

@@ -141,6 +141,12 @@ class SQLiteTx:
             counts[_STATE[state]] = n
         return counts
 
+    async def count_rows(self) -> dict[JobState, int]:
+        return await self.count_by_state()
+
+    async def record_deltas(self, deltas: dict[JobState, int]) -> None:
+        return None  # counts are taken from the rows: nothing to keep
+
     async def record_ops(self, writes: Sequence[OpWrite]) -> dict[bytes, tuple[str, bool]]:
         found: dict[bytes, tuple[str, bool]] = {}
         for chunk in _chunks([w[0] for w in writes]):
