@@ -56,6 +56,7 @@ from syncward.messages import (
     Reconcile,
     ReconcileReport,
     RecordEvent,
+    Recount,
     RegisterWorker,
     Rejected,
     Reply,
@@ -491,11 +492,33 @@ class Runtime:
         syncer sends them before it answers anyone, so work submitted before `join` is
         counted by the time the stats mailbox is empty.
         """
+        if self.store.liveness is Liveness.SHARED:
+            return await self._join_shared()
         while True:
             changed = self._stats.changed
             busy = len(self._stats_mb) or self._stats_mb.in_flight()
             if not busy and self._stats.loaded and self.stats().active == 0:
                 return
+            await changed.wait()
+
+    async def _join_shared(self) -> None:
+        """`join` on a store several runtimes write: only the store's totals can say that
+        nothing is active anywhere. This runtime's own view (the totals last adopted plus
+        its own deltas since) decides when to ask; a fresh look decides when to return."""
+        stats = self._stats
+        asked: int | None = None  # the refresh generation a fresh look was asked after
+        first = True
+        while True:
+            changed = stats.changed
+            if stats.loaded:
+                if asked is not None and stats.refreshes > asked:
+                    if stats.refreshed_active == 0:
+                        return
+                    asked = None
+                if asked is None and (first or self.stats().active == 0):
+                    first = False
+                    asked = stats.refreshes
+                    await self._syncer_mb.send(Recount(refresh=True))
             await changed.wait()
 
     async def wait(self, predicate: Callable[[StatsSnapshot], bool]) -> StatsSnapshot:

@@ -80,6 +80,16 @@ class Stats:
     drift_checks: int = 0
     drift_total: int = 0
     last_drift: dict[JobState, int] = field(default_factory=dict)
+    # A store several runtimes write: how many times the store's totals were adopted,
+    # and how many jobs were active in the last ones (exact as of that commit; the counts
+    # since then add only this runtime's own deltas).
+    refreshes: int = 0
+    refreshed_active: int = 0
+
+    def adopt(self, totals: dict[JobState, int]) -> None:
+        self.counts = dict(totals)
+        self.refreshes += 1
+        self.refreshed_active = sum(totals.get(s, 0) for s in ACTIVE)
 
     def snapshot(self) -> StatsSnapshot:
         return StatsSnapshot(
@@ -168,7 +178,7 @@ class StatsKeeper:
         stats = self.stats
         drift = None
         if update.reset and update.counts is not None:
-            stats.counts = dict(update.counts)
+            stats.adopt(update.counts)
             self._reset_pending = False
             stats.loaded = True
         elif self._reset_pending:
@@ -179,7 +189,7 @@ class StatsKeeper:
             if self.shared and update.counts is not None:
                 # The totals include the other writers' commits: adopt them. Drift is
                 # the store's totals against its rows, when this was a check.
-                stats.counts = dict(update.counts)
+                stats.adopt(update.counts)
                 if update.checked is not None:
                     drift = self._check_drift(update.checked)
             elif update.counts is not None:

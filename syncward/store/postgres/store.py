@@ -71,6 +71,12 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     pgerr.InsufficientResourcesError, pgerr.IdleInTransactionSessionTimeoutError,
 )
 _MIGRATION_LOCK = 0  # second key of the advisory lock migrations run under
+#: The writer's session: a runtime stopped or stuck inside a transaction (SIGSTOP, a
+#: blocked event loop) holds row locks every other runtime's batches wait for; the server
+#: ends such a session after 10 s idle in its transaction (rolled back: nothing it had
+#: not committed was acknowledged), and a batch waits at most 5 s for a row lock before it
+#: fails and is retried, so the failure shows in the syncer's health meanwhile.
+WRITER_SETUP = ("SET idle_in_transaction_session_timeout = '10s'; SET lock_timeout = '5s'")
 _JOB_COLS = ("id, key, identity, payload, state, stage, attempts, max_attempts,"
              " next_attempt_at, lease_owner, lease_expires_at, fence, last_error, result,"
              " created_at, updated_at")
@@ -140,6 +146,7 @@ class PostgresStore:
         self._readonly = writer is None
         self._applier = Applier()
         self._life: asyncpg.Connection | None = None
+        self._configured: asyncpg.Connection | None = None
         self._listener: Callable[..., None] | None = None
         self.boot_id: str | None = None
 
@@ -187,6 +194,8 @@ class PostgresStore:
         except (OSError, TimeoutError, pgerr.PostgresError, pgerr.InterfaceError) as exc:
             raise StoreError(f"store {where}: cannot connect: {type(exc).__name__}: "
                              f"{exc}") from None
+        except ValueError as exc:  # asyncpg could not parse the URL (a port not a number)
+            raise ConfigError(f"store URL {where!r} is malformed: {exc}") from None
 
     async def attach(self, boot_id: str) -> None:
         """Take this boot's advisory lock on a connection of its own, for its whole life.
@@ -298,6 +307,9 @@ class PostgresStore:
         if self._writer is None or self._writer.is_closed():
             self._writer = await asyncpg.connect(self._dsn, server_settings=_settings(
                 self.schema), timeout=10)
+        if self._configured is not self._writer:
+            await self._writer.execute(WRITER_SETUP)
+            self._configured = self._writer
         return self._writer
 
     def _drop_writer(self) -> None:
@@ -527,7 +539,10 @@ async def _migrate(conn: asyncpg.Connection, schema: str, where: str) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NAMESPACE,
                                _MIGRATION_LOCK)
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            # Not CREATE SCHEMA IF NOT EXISTS: it needs CREATE on the database even when
+            # the schema exists, refusing a role whose schema an administrator made.
+            if await conn.fetchval("SELECT to_regnamespace($1)", schema) is None:
+                await conn.execute(f'CREATE SCHEMA "{schema}"')
             version = await _version(conn, schema)
             if version is None:
                 await conn.execute("CREATE TABLE schema_version (version integer NOT NULL)")
