@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,7 +29,16 @@ from redis_helpers import (
     wait_for,
 )
 
-from syncward import InvalidJob, JobSpec, JobState, RestartIntensity, job_key
+from syncward import (
+    Context,
+    InvalidJob,
+    Job,
+    JobSpec,
+    JobState,
+    RestartIntensity,
+    Runtime,
+    job_key,
+)
 from syncward.adapters._redis_base import endpoint
 from syncward.adapters.redis import (
     Malformed,
@@ -598,3 +608,49 @@ def test_cli_until_empty_and_its_exit_codes(shared_redis: SharedRedis, tmp_path:
         result = CliRunner().invoke(syncward_cli, args, catch_exceptions=False)
         assert result.exit_code == 2 and needle in result.stderr, result.stderr
         assert not (tmp_path / "x.db").exists()  # refused before the store was opened
+
+
+@pytest.mark.integration
+async def test_with_a_shared_store_a_claimed_entry_is_a_no_op(shared_redis: SharedRedis,
+                                                              tmp_path: Path) -> None:
+    """Consumers on one PostgreSQL store: what a dead consumer committed but never
+    acknowledged is claimed by the others and becomes nothing — not a second job, not a
+    second run of its handler."""
+    from store.store_helpers import POSTGRES_URL, drop_schemas, require_postgres
+
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}_redis"
+    url = f"{POSTGRES_URL}?schema={schema}"
+    stream, group = shared_redis.key("in"), "g"
+    r = shared_redis.aclient()
+    runs: list[int] = []
+
+    async def counted(job: Job, ctx: Context) -> None:
+        runs.append(int(job.identity["id"]))
+
+    try:
+        await enqueue(r, stream, ids(120))
+        await r.xgroup_create(stream, group, id="0")
+        # A consumer read 40 entries, committed their jobs and ran them, then died before
+        # acknowledging: the entries stay pending under its name.
+        await r.xreadgroup(group, "ghost", {stream: ">"}, count=40)
+        async with Runtime(counted, store=url) as ghost:
+            await ghost.submit(ids(40))
+            await ghost.join()
+        assert sorted(runs) == list(range(40))
+        a = source(shared_redis, stream, group=group, claim_idle=0.3, claim_every=0.1)
+        b = source(shared_redis, stream, group=group, claim_idle=0.3, claim_every=0.1)
+        with anyio.fail_after(30):
+            async with running(a, url, counted) as rt_a, running(b, url, counted) as rt_b:
+                await drained(rt_a, a)
+                await drained(rt_b, b)
+        pending = await r.xpending(stream, group)
+        async with reading(url) as store:
+            counts = await store.counts()
+    finally:
+        await r.aclose()
+        await drop_schemas(schema)
+    assert a.status()["claimed"] + b.status()["claimed"] >= 40  # the ghost's were claimed
+    assert pending["pending"] == 0
+    assert counts[JobState.SUCCEEDED] == sum(counts.values()) == 120
+    assert sorted(runs) == list(range(120))  # every handler ran once, the claimed too

@@ -29,7 +29,8 @@ def db_option(fn: Any) -> Any:
     return click.option(
         "--db", default=DEFAULT_DB, show_default=True, envvar="SYNCWARD_DB",
         show_envvar=True, metavar="URL",
-        help="The store: sqlite:///relative/path.db or sqlite:////absolute/path.db.")(fn)
+        help="The store: sqlite:///relative/path.db, sqlite:////absolute/path.db, or "
+             "postgresql://user@host:port/db[?schema=name] (shared by many processes).")(fn)
 
 
 def json_option(fn: Any) -> Any:

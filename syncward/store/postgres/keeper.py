@@ -14,6 +14,12 @@ Owns: nothing that outlives it (the life connection belongs to the store). Every
    in play within about ``every`` seconds, whatever its lease length;
 3. every ``heartbeat_every`` seconds, sends this worker's heartbeat (`WorkerStatus`).
 
+After a PostgreSQL restart every session is gone at once, so every boot's lock is free
+until its own keeper takes it again (within ``every`` seconds). A keeper that had to take
+its own lock again therefore waits ``settle`` seconds before it judges anyone dead:
+otherwise the first runtime back would take the live ones' leases (fenced, so nothing
+would be applied twice, but their work in hand would be redone).
+
 Wake-ups: the life connection LISTENs on the store's channel; a NOTIFY from another
 runtime's commit (jobs submitted or planned again) calls `StoreHooks.wake`, so an idle
 runtime leases them at once instead of at its next poll.
@@ -44,12 +50,14 @@ class LivenessKeeper:
     """One incarnation of the liveness keeper. See the module docstring."""
 
     def __init__(self, *, store: PostgresStore, hooks: StoreHooks, every: float = 0.5,
-                 heartbeat_every: float = 5.0) -> None:
+                 heartbeat_every: float = 5.0, settle: float = 5.0) -> None:
         self.store = store
         self.hooks = hooks
         self.every = every
         self.heartbeat_every = heartbeat_every
+        self.settle = settle
         self._stop = anyio.Event()
+        self._quiet_until = float("-inf")
         self.reconciles = 0
 
     def request_stop(self) -> None:
@@ -71,7 +79,11 @@ class LivenessKeeper:
 
     async def once(self) -> bool:
         """One round: keep the lock, reconcile if a boot died. Returns whether it did."""
-        await self.store.keep_alive(self._heard)
+        now = self.hooks.clock.now()
+        if await self.store.keep_alive(self._heard):
+            self._quiet_until = now + self.settle  # everyone is taking their locks again
+        if now < self._quiet_until:
+            return False
         try:
             dead = await self.store.someone_died(self.hooks.boot_id)
         except Exception as exc:  # a read that failed: look again next round
