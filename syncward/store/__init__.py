@@ -30,6 +30,7 @@ from syncward.store.base import (
     WorkerRow,
     WorkerState,
 )
+from syncward.store.urls import redact
 
 __all__ = [
     "EventRow",
@@ -46,6 +47,7 @@ __all__ = [
     "WorkerState",
     "check_url",
     "open_store",
+    "redact",
     "scheme_of",
 ]
 
@@ -67,7 +69,7 @@ def scheme_of(url: str) -> str:
         scheme = "postgresql"
     if scheme not in _SCHEMES:
         raise ConfigError(
-            f"unsupported store URL {url!r}: expected sqlite:///path/to/file.db, "
+            f"unsupported store URL {redact(url)!r}: expected sqlite:///path/to/file.db, "
             "memory:// or postgresql://user@host:port/db")
     return scheme
 
@@ -90,7 +92,7 @@ def check_url(url: str, *, must_exist: bool, process_local_ok: bool = False) -> 
                               "use sqlite:///path/to/file.db or postgresql://...")
         return url
     if scheme == "postgresql":
-        return url
+        return redact(url)
     from syncward.store.sqlite.store import sqlite_path_from_url
 
     path = sqlite_path_from_url(url)

@@ -51,6 +51,7 @@ from syncward.store.base import (
 from syncward.store.postgres.keeper import LivenessKeeper
 from syncward.store.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from syncward.store.postgres.tx import LOCK_NAMESPACE, PostgresTx, clean, dead
+from syncward.store.urls import redact
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -85,15 +86,6 @@ _JOB_COLS = ("id, key, identity, payload, state, stage, attempts, max_attempts,"
 def boot_lock_key(boot_id: str) -> int:
     """The second key of a boot's advisory lock: 32 bits of the boot id's SHA-256."""
     return int.from_bytes(hashlib.sha256(boot_id.encode()).digest()[:4], "big", signed=True)
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _split(url: str) -> tuple[str, str]:
