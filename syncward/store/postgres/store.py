@@ -51,6 +51,7 @@ from syncward.store.base import (
 from syncward.store.postgres.keeper import LivenessKeeper
 from syncward.store.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from syncward.store.postgres.tx import LOCK_NAMESPACE, PostgresTx, clean, dead
+from syncward.store.rows import JOB_COLUMNS, LEASED_COLUMNS, job_row, leased_job
 from syncward.store.urls import redact
 
 if TYPE_CHECKING:
@@ -78,9 +79,6 @@ _MIGRATION_LOCK = 0  # second key of the advisory lock migrations run under
 #: not committed was acknowledged), and a batch waits at most 5 s for a row lock before it
 #: fails and is retried, so the failure shows in the syncer's health meanwhile.
 WRITER_SETUP = ("SET idle_in_transaction_session_timeout = '10s'; SET lock_timeout = '5s'")
-_JOB_COLS = ("id, key, identity, payload, state, stage, attempts, max_attempts,"
-             " next_attempt_at, lease_owner, lease_expires_at, fence, last_error, result,"
-             " created_at, updated_at")
 
 
 def boot_lock_key(boot_id: str) -> int:
@@ -112,14 +110,6 @@ def _split(url: str) -> tuple[str, str]:
     dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
     return dsn, schema.lower()
 
-
-def _job(r: Any) -> JobRow:
-    return JobRow(
-        id=r[0], key=bytes(r[1]).hex(), identity=json.loads(r[2]), payload=json.loads(r[3]),
-        state=JobState(r[4]), stage=r[5], attempts=r[6], max_attempts=r[7],
-        next_attempt_at=r[8], lease_owner=r[9], lease_expires_at=r[10], fence=r[11],
-        last_error=r[12], result=json.loads(r[13]) if r[13] is not None else None,
-        created_at=r[14], updated_at=r[15])
 
 
 class PostgresStore:
@@ -346,16 +336,16 @@ class PostgresStore:
         return counts
 
     async def get_job(self, key: str) -> JobRow | None:
-        rows = await self._fetch(f"SELECT {_JOB_COLS} FROM jobs WHERE key = $1",
+        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE key = $1",
                                  bytes.fromhex(key))
-        return _job(rows[0]) if rows else None
+        return job_row(rows[0]) if rows else None
 
     async def jobs_in_state(self, state: JobState, *, limit: int | None = None,
                             after: int | None = None) -> list[JobRow]:
         rows = await self._fetch(
-            f"SELECT {_JOB_COLS} FROM jobs WHERE state = $1 AND id > $2 ORDER BY id LIMIT $3",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = $1 AND id > $2 ORDER BY id LIMIT $3",
             state.value, after if after is not None else -1, limit)
-        return [_job(r) for r in rows]
+        return [job_row(r) for r in rows]
 
     async def get_op(self, op_key: str) -> str | None:
         value = await self._value("SELECT result FROM ops WHERE op_key = $1",
@@ -381,13 +371,9 @@ class PostgresStore:
 
     async def leased_jobs(self, boot_id: str, *, default_lease_seconds: float) -> list[Job]:
         rows = await self._fetch(
-            "SELECT id, key, identity, payload, attempts, max_attempts, stage, fence,"
-            " lease_seconds, timeout, lease_expires_at FROM jobs"
+            f"SELECT {LEASED_COLUMNS} FROM jobs"
             " WHERE state = 'leased' AND lease_boot = $1 ORDER BY id", boot_id)
-        return [Job(id=r[0], key=bytes(r[1]).hex(), identity=json.loads(r[2]),
-                    payload=json.loads(r[3]), attempt=r[4], max_attempts=r[5], stage=r[6],
-                    fence=r[7], lease_seconds=r[8] if r[8] is not None else default_lease_seconds,
-                    lease_expires_at=r[10], timeout=r[9]) for r in rows]
+        return [leased_job(r, default_lease_seconds) for r in rows]
 
     async def next_due(self) -> float | None:
         value = await self._value(

@@ -52,6 +52,7 @@ from syncward.store.base import (
     WorkerRow,
 )
 from syncward.store.port import run_to_completion
+from syncward.store.rows import JOB_COLUMNS, LEASED_COLUMNS, job_row, leased_job
 from syncward.store.sqlite.checkpointer import Checkpointer
 from syncward.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
 from syncward.store.sqlite.tx import SQLiteTx
@@ -87,20 +88,7 @@ def status_path(db_path: Path) -> Path:
     return Path(str(db_path) + ".status.json")
 
 
-_JOB_COLS = (
-    "id, key, identity, payload, state, stage, attempts, max_attempts, next_attempt_at,"
-    " lease_owner, lease_expires_at, fence, last_error, result, created_at, updated_at"
-)
 
-
-def _row_to_job(r: Sequence[Any]) -> JobRow:
-    return JobRow(
-        id=r[0], key=bytes(r[1]).hex(), identity=json.loads(r[2]), payload=json.loads(r[3]),
-        state=JobState(r[4]), stage=r[5], attempts=r[6], max_attempts=r[7],
-        next_attempt_at=r[8], lease_owner=r[9], lease_expires_at=r[10], fence=r[11],
-        last_error=r[12], result=json.loads(r[13]) if r[13] is not None else None,
-        created_at=r[14], updated_at=r[15],
-    )
 
 
 class _OwnerLock:
@@ -384,9 +372,9 @@ class SQLiteStore:
         return counts
 
     async def get_job(self, key: str) -> JobRow | None:
-        rows = await self._fetchall(f"SELECT {_JOB_COLS} FROM jobs WHERE key = ?",
+        rows = await self._fetchall(f"SELECT {JOB_COLUMNS} FROM jobs WHERE key = ?",
                                     (bytes.fromhex(key),))
-        return _row_to_job(rows[0]) if rows else None
+        return job_row(rows[0]) if rows else None
 
     async def get_op(self, op_key: str) -> str | None:
         rows = await self._fetchall("SELECT result FROM ops WHERE op_key = ?",
@@ -399,11 +387,11 @@ class SQLiteStore:
 
     async def jobs_in_state(self, state: JobState, *, limit: int | None = None,
                             after: int | None = None) -> list[JobRow]:
-        sql = f"SELECT {_JOB_COLS} FROM jobs WHERE state = ? AND id > ? ORDER BY id"
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ? AND id > ? ORDER BY id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         rows = await self._fetchall(sql, (state.value, after if after is not None else -1))
-        return [_row_to_job(r) for r in rows]
+        return [job_row(r) for r in rows]
 
     async def expired_leases(self, now: float, *, limit: int) -> list[tuple[int, int]]:
         rows = await self._fetchall(
@@ -420,13 +408,9 @@ class SQLiteStore:
 
     async def leased_jobs(self, boot_id: str, *, default_lease_seconds: float) -> list[Job]:
         rows = await self._fetchall(
-            "SELECT id, key, identity, payload, attempts, max_attempts, stage, fence,"
-            " lease_seconds, timeout, lease_expires_at FROM jobs"
+            f"SELECT {LEASED_COLUMNS} FROM jobs"
             " WHERE state = 'leased' AND lease_boot = ? ORDER BY id", (boot_id,))
-        return [Job(id=r[0], key=bytes(r[1]).hex(), identity=json.loads(r[2]),
-                    payload=json.loads(r[3]), attempt=r[4], max_attempts=r[5], stage=r[6],
-                    fence=r[7], lease_seconds=r[8] if r[8] is not None else default_lease_seconds,
-                    lease_expires_at=r[10], timeout=r[9]) for r in rows]
+        return [leased_job(r, default_lease_seconds) for r in rows]
 
     async def next_due(self) -> float | None:
         rows = await self._fetchall(
