@@ -1,10 +1,13 @@
 """syncward's side of the peer benchmark, measured the way the peers are.
 
-``presubmit`` writes N planned jobs into a fresh SQLite store (the "enqueue" phase, timed
-apart); ``python -m benchmarks.peers._syncward DB WORKLOAD N`` is the worker process: it
-opens a `Runtime` on that store (concurrency 100, synchronous FULL, uvloop), waits for
-``join()`` (nothing planned or leased: every job's outcome committed), checks the counts
-and writes the ``drained`` marker the harness waits for.
+``presubmit`` writes N planned jobs into a fresh store (the "enqueue" phase, timed apart):
+a SQLite file (synchronous FULL) for the Redis peers, a PostgreSQL schema of its own for the
+PostgreSQL peers. ``python -m benchmarks.peers._syncward URL WORKLOAD N DIR`` is the worker
+process: it opens a `Runtime` on that store (concurrency 100, uvloop), waits for ``join()``
+(nothing planned or leased: every job's outcome committed), checks the counts and writes
+the ``drained`` marker the harness waits for on SQLite. On PostgreSQL the harness reads the
+store's running totals instead (`succeeded`): a runtime adopts other writers' totals only
+every few seconds, so its ``join()`` may return a little after the last commit.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from benchmarks.peers.workers import _probe
 from syncward import Context, Job, JobState, Runtime
 from syncward.jobs import canonical_identity, job_key
 from syncward.messages import NewJob, Submit
-from syncward.store.sqlite import SQLiteStore
+from syncward.store import open_store
 
 CONCURRENCY = 100
 
@@ -35,8 +38,8 @@ async def io(job: Job, ctx: Context) -> None:
     _probe.job_ran()
 
 
-async def _presubmit(path: Path, n: int) -> None:
-    store = await SQLiteStore.open(f"sqlite:///{path}")
+async def _presubmit(url: str, n: int) -> None:
+    store = await open_store(url)
     try:
         for start in range(0, n, 5_000):
             jobs = tuple(NewJob(key=job_key({"id": i}), identity=canonical_identity({"id": i}),
@@ -47,13 +50,24 @@ async def _presubmit(path: Path, n: int) -> None:
         await store.aclose()
 
 
-def presubmit(path: Path, n: int) -> None:
-    """Create ``n`` planned jobs ``{"id": i}`` in the store at ``path``."""
-    anyio.run(_presubmit, path, n)
+def presubmit(url: str, n: int) -> None:
+    """Create ``n`` planned jobs ``{"id": i}`` in the store at ``url``."""
+    anyio.run(_presubmit, url, n)
 
 
-async def _work(path: Path, handler: Any, n: int, marks: Path) -> None:
-    async with Runtime(handler, store=f"sqlite:///{path}", concurrency=CONCURRENCY) as rt:
+def schema_of(url: str) -> str:
+    """The PostgreSQL schema a ``postgresql://...?schema=NAME`` store URL names."""
+    return url.rsplit("schema=", 1)[1]
+
+
+def succeeded(client: Any, schema: str) -> int:
+    """Jobs succeeded by the store's running totals (a `benchmarks._pg.PgClient`)."""
+    return int(client.fetchval(f'SELECT coalesce(sum(n), 0) FROM "{schema}".counts'
+                               " WHERE state = 'succeeded'"))
+
+
+async def _work(url: str, handler: Any, n: int, marks: Path) -> None:
+    async with Runtime(handler, store=url, concurrency=CONCURRENCY) as rt:
         await rt.join()
         done = time.time()
         counts = rt.stats().counts
@@ -63,9 +77,9 @@ async def _work(path: Path, handler: Any, n: int, marks: Path) -> None:
 
 
 def main() -> None:
-    db, workload, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    url, workload, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     handler = {"noop": noop, "io": io}[workload]
-    anyio.run(_work, db, handler, n, Path(sys.argv[4]),
+    anyio.run(_work, url, handler, n, Path(sys.argv[4]),
               backend_options={"use_uvloop": True})
 
 

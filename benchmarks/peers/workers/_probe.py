@@ -5,6 +5,8 @@ Runs inside each peer's own virtualenv, so it imports nothing beyond the standar
 
   PEER_BENCH_DIR   a directory for the marker files
   PEER_BENCH_JOBS  how many jobs were enqueued
+  PEER_BENCH_REDIS the peer's Redis database (Redis peers)
+  PEER_BENCH_PG    the peer's PostgreSQL database, postgresql://user@host:port/db (PostgreSQL peers)
 
 ``job_ran()`` is called once per handler call; it keeps an in-process count (no Redis
 round trip, so the no-op handler stays a no-op) and writes two files: ``first`` (wall
@@ -52,3 +54,7 @@ def use_uvloop() -> None:
 
 def redis_url() -> str:
     return os.environ.get("PEER_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def pg_dsn() -> str:
+    return os.environ.get("PEER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
