@@ -733,3 +733,21 @@ async def test_deltas_sum_to_the_counts(store: Store, seed: int) -> None:
     assert sum(counts.values()) > 20
     assert sum(1 for n in counts.values() if n) >= 3  # the walk went somewhere
     assert len(await all_jobs(store)) == sum(counts.values())
+
+
+async def test_the_totals_survive_the_writer_that_made_them(backend: Backend) -> None:
+    """A shared store keeps running totals per writer and folds a stopped or dead
+    writer's into a base row: the totals stay equal to the rows."""
+    store = await backend.open()
+    await store.attach("b1")
+    await store.apply([RegisterWorker("b1", 1, "h", Reply())], now=T0)
+    await submit(store, *(new_job({"n": i}) for i in range(5)))
+    (job,) = await lease(store, 1, now=T0 + 1, boot="b1")
+    await store.apply([Outcome(job.id, job.fence, OutcomeKind.SUCCEEDED),
+                       WorkerStatus("worker-1", "stopped")], now=T0 + 2)
+    after = await store.apply([Recount(reset=True), Submit((new_job({"n": 9}),))], now=T0 + 3)
+    assert after.counts == await store.counts()
+    assert after.counts == {JobState.PLANNED: 5, JobState.LEASED: 0, JobState.SUCCEEDED: 1,
+                            JobState.FAILED: 0, JobState.SKIPPED: 0}
+    checked = await store.apply([Recount()], now=T0 + 4)
+    assert checked.checked == checked.counts == after.counts

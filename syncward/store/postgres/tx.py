@@ -260,16 +260,16 @@ class PostgresTx:
                     "SELECT count(*) FROM jobs WHERE id = ANY($1::bigint[])"
                     " AND attempts >= max_attempts", [r[0] for r in rows])
             return LostLeases(requeued=len(rows) - failed, failed=failed, listed=listed)
-        changed = await self.conn.fetch(
-            f"UPDATE jobs SET state = {LOST_STATE_SQL}, last_error = {note},"
+        total, failed = await self.conn.fetchrow(
+            f"WITH changed AS (UPDATE jobs SET state = {LOST_STATE_SQL}, last_error = {note},"
             " ended_fence = fence, ended_by = 'lost', lease_owner = NULL, lease_boot = NULL,"
             " lease_expires_at = NULL, next_attempt_at = $2, updated_at = $2"
-            " WHERE id = ANY($1::bigint[]) AND state = 'leased' RETURNING state",
+            " WHERE id = ANY($1::bigint[]) AND state = 'leased' RETURNING state)"
+            " SELECT count(*), count(*) FILTER (WHERE state = 'failed') FROM changed",
             [r[0] for r in rows], now)
-        failed = sum(1 for r in changed if r[0] == "failed")
-        if len(changed) > failed:
+        if total > failed:
             self.planned_changed = True
-        return LostLeases(requeued=len(changed) - failed, failed=failed, listed=listed)
+        return LostLeases(requeued=total - failed, failed=failed, listed=listed)
 
     async def dead_workers(self, boot_id: str) -> list[str]:
         rows = await self.conn.fetch(
@@ -315,6 +315,15 @@ class PostgresTx:
         await self.conn.execute(
             "UPDATE workers SET status = $2, heartbeat_at = $3 WHERE name = ANY($1::text[])",
             list(names), status, now)
+        if status in ("dead", "stopped"):
+            # Their running totals join the base row: the totals stay the same sum, and
+            # the rows every refresh adds up stay one per live writer (plus the base).
+            await self.conn.execute(
+                "WITH gone AS (DELETE FROM counts c USING workers w WHERE w.name ="
+                " ANY($1::text[]) AND c.writer = w.boot_id RETURNING c.state, c.n)"
+                " INSERT INTO counts (writer, state, n) SELECT '', state, sum(n) FROM gone"
+                " GROUP BY state ON CONFLICT (writer, state) DO UPDATE"
+                " SET n = counts.n + excluded.n", list(names))
 
     async def insert_event(self, at: float, kind: str, detail: str) -> None:
         await self.conn.execute("INSERT INTO events (at, kind, detail) VALUES ($1, $2, $3)",
