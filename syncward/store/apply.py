@@ -82,7 +82,6 @@ if TYPE_CHECKING:
         FencedRow,
         FinalWrite,
         InsertJob,
-        LeaseWrite,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
@@ -480,25 +479,20 @@ class _Batch:
     async def lease(self, order: LeaseOrder) -> list[Job]:
         """Lease up to ``order.n`` due jobs: fence and attempts go up by one."""
         await self.flush()
-        rows = await self.tx.due(order.n, self.now)
-        if not rows:
-            return []
         check_transition(JobState.PLANNED, JobState.LEASED)
+        rows = await self.tx.lease_due(order, self.now)
         now = self.now
         loads = json.loads
         default_seconds = order.default_lease_seconds
         jobs: list[Job] = []
-        writes: list[LeaseWrite] = []
         for r in rows:
             seconds = r.lease_seconds if r.lease_seconds is not None else default_seconds
-            writes.append((order.owner, order.boot_id, now + seconds, now, r.id))
             jobs.append(Job(
                 id=r.id, key=r.key.hex(), identity=loads(r.identity),
-                payload={} if r.payload == "{}" else loads(r.payload), attempt=r.attempts + 1,
-                max_attempts=r.max_attempts, stage=r.stage, fence=r.fence + 1,
+                payload={} if r.payload == "{}" else loads(r.payload), attempt=r.attempts,
+                max_attempts=r.max_attempts, stage=r.stage, fence=r.fence,
                 lease_seconds=seconds, lease_expires_at=now + seconds, timeout=r.timeout,
             ))
-        await self.tx.lease(writes)
         self.move(JobState.PLANNED, JobState.LEASED, len(jobs))
         return jobs
 

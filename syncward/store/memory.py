@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from syncward.store.port import (
         FinalWrite,
         InsertJob,
-        LeaseWrite,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
@@ -254,22 +253,26 @@ class _MemoryTx:
             job.updated_at = now
             self._push_due(job)
 
-    async def due(self, n: int, now: float) -> list[DueRow]:
+    async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
         d = self.d
         out: list[DueRow] = []
         popped: list[tuple[float, int]] = []
-        seen: set[int] = set()
-        while d.due and len(out) < n and d.due[0][0] <= now:
+        while d.due and len(out) < order.n and d.due[0][0] <= now:
             entry = heapq.heappop(d.due)
             job = d.jobs.get(entry[1])
-            if (job is None or job.state is not _PLANNED or job.next_attempt_at != entry[0]
-                    or job.id in seen):
+            if job is None or job.state is not _PLANNED or job.next_attempt_at != entry[0]:
                 continue  # stale entry: the job moved on since it was pushed
             popped.append(entry)
-            seen.add(job.id)
+            job = self._touch(job)
+            seconds = (job.lease_seconds if job.lease_seconds is not None
+                       else order.default_lease_seconds)
+            job.state, job.lease_owner, job.lease_boot = _LEASED, order.owner, order.boot_id
+            job.lease_expires_at, job.updated_at = now + seconds, now
+            job.fence += 1
+            job.attempts += 1
             out.append(DueRow(job.id, job.key, job.identity, job.payload, job.attempts,
                               job.max_attempts, job.stage, job.fence, job.lease_seconds,
-                              job.timeout))
+                              job.timeout, job.next_attempt_at))
         heap = d.due
 
         def restore() -> None:
@@ -277,15 +280,6 @@ class _MemoryTx:
                 heapq.heappush(heap, entry)
         self._undo.append(restore)
         return out
-
-    async def lease(self, writes: Sequence[LeaseWrite]) -> None:
-        for owner, boot, expires, now, job_id in writes:
-            job = self._job(job_id)
-            assert job is not None
-            job.state, job.lease_owner, job.lease_boot = _LEASED, owner, boot
-            job.lease_expires_at, job.updated_at = expires, now
-            job.fence += 1
-            job.attempts += 1
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
                                  decided_at: float) -> list[int]:

@@ -29,13 +29,13 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Coroutine, Sequence
 
     from syncward.jobs import JobState
+    from syncward.messages import LeaseOrder
 
 __all__ = [
     "DueRow",
     "FencedRow",
     "FinalWrite",
     "InsertJob",
-    "LeaseWrite",
     "LostLeases",
     "OpWrite",
     "ReleaseWrite",
@@ -62,8 +62,6 @@ FinalWrite: TypeAlias = tuple[str, "str | None", "str | None", float, int, int, 
 #: (attempts, next_attempt_at, ended_fence, updated_at, job id) — back to planned,
 #:  ended by "released"; result and last error are kept.
 ReleaseWrite: TypeAlias = tuple[int, float, int, float, int]
-#: (owner, boot id, lease_expires_at, updated_at, job id) — fence and attempts go up by one.
-LeaseWrite: TypeAlias = tuple[str, str, float, float, int]
 #: (op key, job id, kind, result JSON, committed_at)
 OpWrite: TypeAlias = tuple[bytes, int, str, str, float]
 #: (next_attempt_at, updated_at, job id) — planned, attempts 0, result cleared.
@@ -89,7 +87,8 @@ class FencedRow:
 
 @dataclass(frozen=True, slots=True)
 class DueRow:
-    """A planned job that is due, as the lease query returns it."""
+    """A job `WriteTx.lease_due` has just leased: ``attempts`` and ``fence`` are the new
+    lease's (one up), ``next_attempt_at`` when it was due (its place in the order)."""
 
     id: int
     key: bytes
@@ -101,6 +100,7 @@ class DueRow:
     fence: int
     lease_seconds: float | None
     timeout: float | None
+    next_attempt_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +142,13 @@ class WriteTx(Protocol):
 
     async def release(self, writes: Sequence[ReleaseWrite]) -> None: ...
 
-    async def due(self, n: int, now: float) -> list[DueRow]:
-        """Up to ``n`` planned jobs due at ``now``, oldest due first (skipping rows another
-        transaction holds)."""
+    async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
+        """Lease up to ``order.n`` planned jobs due at ``now``, the oldest due first (ties
+        by id), skipping rows another transaction holds, in one statement: leased to
+        ``order.owner`` and ``order.boot_id``, fence and attempts one up, expiring at
+        ``now`` plus the job's own lease seconds or ``order.default_lease_seconds``.
+        Returns them in that order."""
         ...
-
-    async def lease(self, writes: Sequence[LeaseWrite]) -> None: ...
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
                                  decided_at: float) -> list[int]:

@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 
     import asyncpg
 
+    from syncward.messages import LeaseOrder
     from syncward.store.port import (
         FinalWrite,
         InsertJob,
-        LeaseWrite,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
@@ -166,21 +166,20 @@ class PostgresTx:
             " AS u(a, na, ef, n, id) WHERE j.id = u.id AND j.fence = u.ef",
             *_cols(_last_per_job(writes, 4), 5))
 
-    async def due(self, n: int, now: float) -> list[DueRow]:
+    async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
         rows = await self.conn.fetch(
-            "SELECT id, key, identity, payload, attempts, max_attempts, stage, fence,"
-            " lease_seconds, timeout FROM jobs WHERE state = 'planned' AND next_attempt_at <= $1"
-            " ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED", now, n)
-        return [DueRow(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
-                for r in rows]
-
-    async def lease(self, writes: Sequence[LeaseWrite]) -> None:
-        await self.conn.execute(
-            "UPDATE jobs j SET state = 'leased', lease_owner = u.o, lease_boot = u.b,"
-            " lease_expires_at = u.e, fence = j.fence + 1, attempts = j.attempts + 1,"
-            " updated_at = u.n FROM unnest($1::text[], $2::text[], $3::float8[],"
-            " $4::float8[], $5::bigint[]) AS u(o, b, e, n, id) WHERE j.id = u.id",
-            *_cols(writes, 5))
+            "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_boot = $2,"
+            " lease_expires_at = $3 + coalesce(lease_seconds, $4), fence = fence + 1,"
+            " attempts = attempts + 1, updated_at = $3 WHERE id IN (SELECT id FROM jobs"
+            " WHERE state = 'planned' AND next_attempt_at <= $3"
+            " ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)"
+            " RETURNING id, key, identity, payload, attempts, max_attempts, stage, fence,"
+            " lease_seconds, timeout, next_attempt_at",
+            order.owner, order.boot_id, now, order.default_lease_seconds, order.n)
+        due = [DueRow(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+               for r in rows]
+        due.sort(key=lambda row: (row.next_attempt_at, row.id))  # RETURNING keeps no order
+        return due
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
                                  decided_at: float) -> list[int]:

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import Collection, Iterable, Sequence
 
+    from syncward.messages import LeaseOrder
     from syncward.store.port import (
         FinalWrite,
         InsertJob,
-        LeaseWrite,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
@@ -35,6 +35,10 @@ __all__ = ["SQLiteTx"]
 
 _CHUNK = 500
 _STATE = {s.value: s for s in JobState}
+
+
+def _due_order(row: DueRow) -> tuple[float, int]:
+    return row.next_attempt_at, row.id
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -103,18 +107,18 @@ class SQLiteTx:
             " ended_fence = ?, ended_by = 'released', lease_owner = NULL,"
             " lease_boot = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?", writes)
 
-    async def due(self, n: int, now: float) -> list[DueRow]:
-        return [DueRow(*r) for r in self.conn.execute(
-            "SELECT id, key, identity, payload, attempts, max_attempts, stage, fence,"
-            " lease_seconds, timeout FROM jobs"
-            " WHERE state = 'planned' AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?", (now, n))]
-
-    async def lease(self, writes: Sequence[LeaseWrite]) -> None:
-        self.conn.executemany(
+    async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
+        rows = [DueRow(*r) for r in self.conn.execute(
             "UPDATE jobs SET state = 'leased', lease_owner = ?, lease_boot = ?,"
-            " lease_expires_at = ?, fence = fence + 1, attempts = attempts + 1, updated_at = ?"
-            " WHERE id = ?", writes)
+            " lease_expires_at = ? + coalesce(lease_seconds, ?), fence = fence + 1,"
+            " attempts = attempts + 1, updated_at = ? WHERE id IN (SELECT id FROM jobs"
+            " WHERE state = 'planned' AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at, id LIMIT ?)"
+            " RETURNING id, key, identity, payload, attempts, max_attempts, stage, fence,"
+            " lease_seconds, timeout, next_attempt_at",
+            (order.owner, order.boot_id, now, order.default_lease_seconds, now, now, order.n))]
+        rows.sort(key=_due_order)  # RETURNING keeps no order
+        return rows
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
                                  decided_at: float) -> list[int]:
