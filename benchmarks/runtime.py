@@ -9,6 +9,8 @@ Lines (jobs/s unless noted), each with ``"loop"``:
                         put them all back (start-up reconciliation), target < 1 s
   runtime.rss_1m    peak RSS in MB of a fresh process running 1,000,000 no-op jobs
                     submitted as a stream, target < 200 MB
+  runtime.wal_peak_mb  the WAL's peak size in MB during that run (sampled every 0.1 s),
+                    target < 64 MB
 
 Run: python -m benchmarks.runtime [--jobs N] [--rss-jobs N] [--only NAME]  (NAME: noop, memory,
 io100, io1000, recover, rss; a part of a line's name)
@@ -17,6 +19,7 @@ io100, io1000, recover, rss; a part of a line's name)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import subprocess
 import sys
@@ -89,25 +92,43 @@ def run_recover(n: int) -> None:
     emit("runtime.recover_100k", seconds, "s", leases=n, target=1.0)
 
 
-async def streamed(path: Path, n: int) -> None:
+async def streamed(path: Path, n: int) -> int:
+    """Run ``n`` jobs submitted as a stream; returns the WAL's peak size in bytes, sampled
+    every 0.1 s (the store's default limit and checkpointer)."""
     async def specs() -> Any:
         for i in range(n):
             yield {"id": i}
 
+    wal = Path(str(path) + "-wal")
+    peak = 0
+
+    async def sample(done: anyio.Event) -> None:
+        nonlocal peak
+        while not done.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                peak = max(peak, wal.stat().st_size)
+            with anyio.move_on_after(0.1):
+                await done.wait()
+
     async with Runtime(noop, store=f"sqlite:///{path}", concurrency=100) as rt:
+        done = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(rt.submit, specs())
-        await rt.join()
+            tg.start_soon(sample, done)
+            await rt.submit(specs())
+            await rt.join()
+            done.set()
+    return peak
 
 
 def rss_child(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = timed()
-        anyio.run(streamed, Path(tmp) / "jobs.db", n)
+        wal_peak = anyio.run(streamed, Path(tmp) / "jobs.db", n)
         elapsed = timed() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emit("runtime.rss_1m", peak_mb, "MB", jobs=n, seconds=round(elapsed, 1),
          jobs_per_s=round(n / elapsed), target=200)
+    emit("runtime.wal_peak_mb", round(wal_peak / 2**20, 1), "MB", jobs=n, target=64)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ SyncwardError
   ActorError                 MailboxClosed | MailboxFull
   SupervisorError            SupervisorGaveUp(child_id, restarts) | InvalidChildSpec
   StoreError                 StoreLocked(owner) | SchemaTooNew(found, supported)
-                             | StoreUnavailable (a commit or a read failed; retryable)
+                             | StoreUnavailable(kind) (a commit or a read failed)
+                             | StoreFailing(kind, store) (its environment failed: the
+                               runtime stopped; run again once it is mended)
   AdapterError               AdapterUnavailable | MissingDependency(extra)
   ConfigError                a bad URL, handler target or option (the CLI's exit 2)
 
@@ -22,6 +24,7 @@ attributes, so a caller can act on ``exc.child_id`` without parsing text.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 __all__ = [
@@ -43,6 +46,8 @@ __all__ = [
     "SchemaTooNew",
     "Skip",
     "StoreError",
+    "StoreFailing",
+    "StoreFailure",
     "StoreLocked",
     "StoreUnavailable",
     "SupervisorError",
@@ -140,13 +145,60 @@ class StoreError(SyncwardError):
     """Problems with the job store."""
 
 
-class StoreUnavailable(StoreError):
-    """A read or a commit failed (busy, I/O error, disk full). Retryable; nothing was applied."""
+class StoreFailure(enum.Enum):
+    """What kind of failure a store operation met: passing, or its environment."""
 
-    def __init__(self, operation: str, cause: BaseException) -> None:
+    TRANSIENT = "transient"  # busy, locked, a connection dropped: retry
+    DISK_FULL = "disk full"
+    READ_ONLY = "read-only"
+    PERMISSION = "permission denied"
+    GONE = "removed or replaced"  # the store's file is not the one that was opened
+    IO = "I/O error"
+
+
+class StoreUnavailable(StoreError):
+    """A read or a commit failed; nothing was applied. ``kind`` says whether retrying can
+    help by itself (`StoreFailure.TRANSIENT`) or only once a person mends the store's
+    environment (a full disk, a read-only filesystem, ...)."""
+
+    def __init__(self, operation: str, cause: BaseException,
+                 kind: StoreFailure = StoreFailure.TRANSIENT) -> None:
         self.operation = operation
+        self.kind = kind
         self.cause_text = f"{type(cause).__name__}: {cause}"
         super().__init__(f"store {operation} failed: {self.cause_text}")
+
+
+_MENDS = {
+    StoreFailure.DISK_FULL: "the store's disk is full: {store}: {detail}; nothing committed "
+                            "is lost; free space and run the same command again",
+    StoreFailure.READ_ONLY: "the store cannot be written (a read-only file or filesystem): "
+                            "{store}: {detail}; nothing committed is lost; make it writable "
+                            "and run the same command again",
+    StoreFailure.PERMISSION: "permission denied on the store: {store}: {detail}; nothing "
+                             "committed is lost; fix its permissions and run the same "
+                             "command again",
+    StoreFailure.GONE: "the store file was removed or replaced during the run: {store}; "
+                       "stopped writing to a file nobody can see; restore it (or start "
+                       "afresh) and run the same command again",
+    StoreFailure.IO: "the store's disk failed: {store}: {detail}; nothing committed is "
+                     "lost; check the disk and run the same command again",
+    StoreFailure.TRANSIENT: "the store kept failing: {store}: {detail}; nothing committed "
+                            "is lost; run the same command again",
+}
+
+
+class StoreFailing(StoreError):
+    """The store's environment failed and does not mend by waiting: the runtime stopped.
+
+    Everything committed before stays committed; work in hand is redone by the next run.
+    """
+
+    def __init__(self, kind: StoreFailure, store: str, detail: str) -> None:
+        self.kind = kind
+        self.store = store
+        self.detail = detail
+        super().__init__(_MENDS[kind].format(store=store, detail=detail))
 
 
 class StoreLocked(StoreError):

@@ -344,6 +344,19 @@ class ReconcileReport:
     lost: tuple[str, ...] = ()  # "job <key>: lease lost at stage X, attempt n" (first few)
     adapters: Mapping[str, Any] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        """One readable line: the counts (the lost jobs themselves are in ``lost``)."""
+        verb = "would be" if self.dry_run else "were"
+        parts = [f"{self.leases_requeued} lease(s) of dead processes {verb} requeued",
+                 f"{self.leases_failed} failed (attempts spent)"]
+        if self.workers_marked_dead:
+            parts.append(f"{len(self.workers_marked_dead)} worker(s) marked dead "
+                         f"({', '.join(self.workers_marked_dead[:5])}"
+                         f"{', ...' if len(self.workers_marked_dead) > 5 else ''})")
+        if self.runs_interrupted:
+            parts.append(f"{self.runs_interrupted} run(s) marked interrupted")
+        return "; ".join(parts)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "boot_id": self.boot_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 import importlib
 
 import pytest
@@ -37,7 +39,9 @@ def test_errors_share_one_root() -> None:
 
     for name in errors.__all__:
         cls = getattr(errors, name)
-        if name in ("HandlerSignal", "Retry", "Permanent", "Skip", "InjectedCrash"):
+        if name == "StoreFailure":  # the kinds of a store failure, not an exception
+            assert issubclass(cls, enum.Enum)
+        elif name in ("HandlerSignal", "Retry", "Permanent", "Skip", "InjectedCrash"):
             assert not issubclass(cls, syncward.SyncwardError)
         else:
             assert issubclass(cls, syncward.SyncwardError), name

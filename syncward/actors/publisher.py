@@ -10,6 +10,7 @@ commits fail (a full disk) the syncer's error is exactly what cannot be committe
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +41,18 @@ class StatusPublisher:
                   ) -> None:
         task_status.started()
         try:
+            failing = False
             while not self._stop.is_set():
                 try:
                     await self.publish(self.snapshot())
+                    failing = False
                 except OSError as exc:  # a full disk must not take the runtime down
-                    log.warning("could not publish the runtime's status: %s", exc)
+                    if not failing:  # said once per run of failures, not every second;
+                        # a full or read-only disk is the syncer's to report
+                        quiet = exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+                        log.log(logging.INFO if quiet else logging.WARNING,
+                                "could not publish the runtime's status: %s", exc)
+                    failing = True
                 with anyio.move_on_after(self.every):
                     await self._stop.wait()
         finally:

@@ -2,7 +2,8 @@
 
 Owns: nothing. On a period of real time it asks the store for a PASSIVE checkpoint,
 which copies committed pages from the write-ahead log into the database without
-blocking the writer or readers. The syncer's own connection has automatic checkpoints
+blocking the writer or readers. (What keeps the WAL bounded is the writer's own TRUNCATE
+checkpoint past the store's limit: see `syncward.store.sqlite.store`.) The syncer's own connection has automatic checkpoints
 turned off, so a commit never pays for copying the log: measured here, that is about a
 quarter of a commit's CPU at a few hundred jobs per batch.
 """
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from syncward.errors import StoreUnavailable
+from syncward.errors import StoreFailure, StoreUnavailable
 
 if TYPE_CHECKING:
     from syncward.store.sqlite.store import SQLiteStore
@@ -32,6 +33,7 @@ class Checkpointer:
         self.every = every
         self._stop = anyio.Event()
         self.checkpoints = 0
+        self.failing: str | None = None  # the error of the current run of failures
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -46,4 +48,15 @@ class Checkpointer:
                 await self.store.checkpoint()
                 self.checkpoints += 1
             except StoreUnavailable as exc:
-                log.warning("WAL checkpoint failed (will retry): %s", exc)
+                # Said once per run of failures, not every tick (a full disk lasts); a
+                # failure of the store's environment is the syncer's to report (it stops
+                # the runtime with one line saying what to do), so only with --verbose.
+                if self.failing is None:
+                    quiet = exc.kind is not StoreFailure.TRANSIENT
+                    log.log(logging.INFO if quiet else logging.WARNING,
+                            "WAL checkpoint failed (retrying quietly): %s", exc)
+                self.failing = str(exc)
+            else:
+                if self.failing is not None:
+                    log.warning("WAL checkpoints work again")
+                self.failing = None
