@@ -3,9 +3,10 @@
 Owns: nothing. On a period of real time it asks the store for a PASSIVE checkpoint,
 which copies committed pages from the write-ahead log into the database without
 blocking the writer or readers. (What keeps the WAL bounded is the writer's own TRUNCATE
-checkpoint past the store's limit: see `syncward.store.sqlite.store`.) The syncer's own connection has automatic checkpoints
-turned off, so a commit never pays for copying the log: measured here, that is about a
-quarter of a commit's CPU at a few hundred jobs per batch.
+checkpoint past the store's limit: see `syncward.store.sqlite.store`.) The syncer's own
+connection has automatic checkpoints turned off, so a commit never pays for copying the
+log: measured here, that is about a quarter of a commit's CPU at a few hundred jobs per
+batch.
 """
 
 from __future__ import annotations
