@@ -37,6 +37,7 @@ __all__ = [
     "canonical_identity",
     "check_transition",
     "job_key",
+    "keyed_identity",
     "op_key",
 ]
 
@@ -112,7 +113,18 @@ def job_key(identity: Mapping[str, object]) -> str:
     Raises:
         InvalidJob: see `canonical_identity`.
     """
-    return hashlib.sha256(_JOB_TAG + canonical_identity(identity).encode()).hexdigest()
+    return keyed_identity(identity)[0]
+
+
+def keyed_identity(identity: Mapping[str, object]) -> tuple[str, str]:
+    """``(job_key(identity), canonical_identity(identity))``, canonicalising once: every
+    submit needs both, and the canonical form is most of the cost of either.
+
+    Raises:
+        InvalidJob: see `canonical_identity`.
+    """
+    canonical = canonical_identity(identity)
+    return hashlib.sha256(_JOB_TAG + canonical.encode()).hexdigest(), canonical
 
 
 def op_key(kind: str, job_key: str, /, **context: str | int) -> str:

@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import anyio
 
 from syncward.errors import ConfigError, InvalidJob, MailboxClosed, MissingDependency
-from syncward.jobs import JobSpec, canonical_identity, job_key
+from syncward.jobs import JobSpec, keyed_identity
 from syncward.messages import NewJob, RecordEvent, Reply, SetMeta, Submit, SubmitResult
 
 try:
@@ -184,8 +184,7 @@ def decode_item(raw: bytes | str) -> Decoded | Malformed:
 def new_job(decoded: Decoded, max_attempts: int) -> NewJob | Malformed:
     """The job a decoded item asks for, or why the identity cannot name one."""
     try:
-        key = job_key(decoded.identity)
-        canonical = canonical_identity(decoded.identity)
+        key, canonical = keyed_identity(decoded.identity)
     except InvalidJob as exc:
         return Malformed(str(exc))
     return NewJob(key=key, identity=canonical, payload=decoded.payload_text,
