@@ -26,6 +26,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     ("benchmarks.http", [], []),
     ("benchmarks.redis_intake", [], []),
     ("benchmarks.postgres", [], ["--quick"]),
+    ("benchmarks.web", [], ["--jobs", "10000", "--rounds", "4"]),
 ]
 
 

@@ -22,6 +22,13 @@ Leaving drains: leasing stops, downloaders finish the job in hand within ``grace
 seconds, the leases still held are released, the syncer commits everything in its
 mailbox, the store is closed. If the root supervisor gives up, leaving raises its
 `SupervisorGaveUp`, whose ``__cause__`` chain holds the crash that started it.
+
+Operating it while it runs (what the web app and ``syncward status`` use): `health`,
+`reconcile`, `retry_failed`, `refresh_stats`, `pause`/`resume`, `in_hand` (jobs in the
+downloaders' hands, with ``ctx.progress``) and `reconciliations` (start-up, then every
+``reconcile_every`` seconds on an exclusive store, and whenever a shared store's keeper
+sees another boot die). `add_observer` attaches instrumentation (metrics); without one
+the hot path pays nothing for it.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,12 +52,35 @@ from syncward.actors.lease_renewer import LeaseRenewer
 from syncward.actors.mailbox import Mailbox
 from syncward.actors.pool import DownloaderPool
 from syncward.actors.publisher import StatusPublisher
+from syncward.actors.reconciler import (
+    ReconcileCycle,
+    ReconcileHistory,
+    ReconcileOrigin,
+    Reconciler,
+    Tracked,
+)
 from syncward.actors.stats_keeper import Stats, StatsKeeper, StatsSnapshot
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
 from syncward.adapters.base import ReconcileHook
 from syncward.clock import Clock, SystemClock
-from syncward.errors import ConfigError, InvalidJob, MailboxClosed, MailboxFull, SupervisorGaveUp
-from syncward.jobs import Job, JobSpec, canonical_identity, job_key
+from syncward.errors import (
+    ConfigError,
+    InvalidJob,
+    MailboxClosed,
+    MailboxFull,
+    StoreFailing,
+    SupervisorGaveUp,
+)
+from syncward.health import (
+    Health,
+    HealthPolicy,
+    RecountFacts,
+    SyncerFacts,
+    WorkerFacts,
+    assess,
+    notable_workers,
+)
+from syncward.jobs import Job, JobSpec, JobState, keyed_identity
 from syncward.messages import (
     Accepted,
     FinishRun,
@@ -60,7 +92,9 @@ from syncward.messages import (
     RegisterWorker,
     Rejected,
     Reply,
+    Requeue,
     RunRejects,
+    SetMeta,
     StartRun,
     Submit,
     SubmitResult,
@@ -68,9 +102,10 @@ from syncward.messages import (
     Wake,
     WorkerStatus,
 )
+from syncward.operations import InHand, RetryResult, RuntimeObserver, StatsRefresh, fan_out
 from syncward.report import Report, build_report
 from syncward.retry import RetryPolicy
-from syncward.store import Liveness, Store, open_store
+from syncward.store import Liveness, Store, WorkerRow, open_store
 from syncward.supervisor import (
     Actor,
     ChildSpec,
@@ -93,6 +128,9 @@ log = logging.getLogger("syncward.runtime")
 
 _SUBMIT_CHUNK = 1000
 _SUBMIT_WINDOW = 8
+_KEY = re.compile(r"[0-9a-f]{64}")
+_STORE_PROBE_TIMEOUT = 5.0
+_PUBLISHED_IN_HAND = 100
 
 
 @dataclass
@@ -115,8 +153,9 @@ def _to_new_job(spec: JobSpec | dict[str, Any], max_attempts: int, line: int | N
     if isinstance(spec, dict):
         spec = JobSpec(identity=spec)
     _check_limits(spec)
+    key, canonical = keyed_identity(spec.identity)
     return NewJob(
-        key=job_key(spec.identity), identity=canonical_identity(spec.identity),
+        key=key, identity=canonical,
         payload=json.dumps(dict(spec.payload)),
         max_attempts=spec.max_attempts if spec.max_attempts is not None else max_attempts,
         lease_seconds=spec.lease_seconds, timeout=spec.timeout, line=line,
@@ -176,6 +215,8 @@ class Runtime:
         sources: Sequence[Source] = (),
         clock: Clock | None = None,
         faults: Faults | None = None,
+        reconcile_every: float | None = 10.0,
+        health_policy: HealthPolicy | None = None,
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
@@ -183,6 +224,8 @@ class Runtime:
             raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
         if lease_seconds <= 0:
             raise ConfigError(f"lease_seconds must be > 0, got {lease_seconds}")
+        if reconcile_every is not None and reconcile_every <= 0:
+            raise ConfigError(f"reconcile_every must be > 0 (or None), got {reconcile_every}")
         self.handler = handler
         self.store_url = store if isinstance(store, str) else store.url
         self._given_store = None if isinstance(store, str) else store
@@ -212,11 +255,18 @@ class Runtime:
         self.worker = ""
         self.reconcile_report: ReconcileReport | None = None
         self.restarts: list[dict[str, object]] = []
+        self.reconcile_every = reconcile_every
+        self.health_policy = health_policy or HealthPolicy()
+        self.reconciliations = ReconcileHistory()
+        self._observers: list[RuntimeObserver] = []
+        self._syncer: Syncer | None = None
+        self._publishing = anyio.Lock()
         self._stats = Stats()
         self._health = SyncerHealth()
         self._stack: contextlib.AsyncExitStack | None = None
         self._store: Store | None = None
         self._killed = False
+        self._fatal: StoreFailing | None = None
         self._closing = False
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -244,6 +294,8 @@ class Runtime:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             await self._tg.start(self._run_root)
             await self._stats.wait_loaded()
+            with contextlib.suppress(OSError):  # the publisher's first was before the load
+                await self._publish(self._published())
         except BaseException as exc:
             try:
                 await stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -262,16 +314,20 @@ class Runtime:
             if not self._killed:
                 with anyio.CancelScope(shield=True):
                     await self._shutdown()
-            return await stack.__aexit__(exc_type, exc, tb)
+            suppressed = await stack.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             _raise_gave_up(group)
             raise
         finally:
             self._store = None
+        if self._fatal is not None:
+            raise self._fatal  # the store's environment failed: it says what and what to do
+        return suppressed
 
     async def _reconcile(self) -> None:
         store = self.store
         now = self.clock.now()
+        started = time.perf_counter()
         result = await store.apply([Reconcile(self.boot_id)], now=now)
         report = result.results[0]
         assert isinstance(report, ReconcileReport)
@@ -281,8 +337,12 @@ class Runtime:
         if adapters:
             report = ReconcileReport(**{**_fields(report), "adapters": adapters})
         self.reconcile_report = report
+        self.reconciliations.record(ReconcileCycle(ReconcileOrigin.STARTUP, now,
+                                                   time.perf_counter() - started, report))
         if report.leases_requeued or report.leases_failed or report.workers_marked_dead:
-            log.warning("start-up reconciliation: %s", report.as_dict())
+            log.warning("start-up reconciliation: %s", report.summary())
+            for line in report.lost:
+                log.info("  %s", line)  # details with --verbose, and in `status`
         else:
             log.info("start-up reconciliation: nothing to do")
         reg = RegisterWorker(self.boot_id, os.getpid(), socket.gethostname(), reply=Reply())
@@ -296,6 +356,7 @@ class Runtime:
         self._syncer_mb: Mailbox[SyncerMsg] = Mailbox("syncer", self.mailbox_size)
         self._work_mb: Mailbox[Job] = Mailbox("work", self.concurrency + self.prefetch)
         self._stats_mb: Mailbox[StatsUpdate] = Mailbox("stats", self.mailbox_size)
+        self._reconcile_mb: Mailbox[Tracked] = Mailbox("reconciler", 64)
         self._pool: DownloaderPool | None = None
         self._downloaders: dict[str, Downloader] = {}
         self._root = Supervisor(
@@ -311,7 +372,9 @@ class Runtime:
                 *(ChildSpec(id=name, factory=factory)
                   for name, factory in self.store.housekeeping(_StoreHooks(self))),
                 ChildSpec(id="status-publisher", factory=lambda: StatusPublisher(
-                    publish=self.store.publish_status, snapshot=self._published)),
+                    publish=self._publish, snapshot=self._published)),
+                ChildSpec(id="reconciler", factory=self._new_reconciler,
+                          before_restart=lambda: self._reconcile_mb.redeliver("reconciler")),
                 ChildSpec(id="pool", factory=self._new_pool, restart=Restart.TRANSIENT,
                           shutdown_timeout=self.grace + 5.0),
                 *(ChildSpec(id=f"source-{src.name}", factory=self._source_factory(src))
@@ -329,9 +392,30 @@ class Runtime:
         return lambda: source.actor(port)
 
     def _new_syncer(self) -> Syncer:
-        return Syncer(store=self.store, mailbox=self._syncer_mb, work=self._work_mb,
-                      stats=self._stats_mb, health=self._health, control=self._control,
-                      clock=self.clock, config=self.syncer_config, faults=self.faults)
+        self._syncer = Syncer(
+            store=self.store, mailbox=self._syncer_mb, work=self._work_mb,
+            stats=self._stats_mb, health=self._health, control=self._control,
+            clock=self.clock, config=self.syncer_config, faults=self.faults,
+            observer=fan_out(self._observers), on_fatal=self._store_failing)
+        return self._syncer
+
+    def _store_failing(self, failing: StoreFailing) -> None:
+        """The store's environment failed (a full disk, ...): stop at once, as `kill` does
+        — nothing can be drained into a store that cannot be written — and let leaving
+        the ``async with`` block raise ``failing``. Leases held now are recovered by the
+        next runtime on the store."""
+        if self._fatal is None:
+            self._fatal = failing
+            self.kill()
+
+    def _new_reconciler(self) -> Reconciler:
+        # An exclusive store has one owner: nothing but this runtime reconciles it after
+        # start-up. A shared one is reconciled by its own keeper when a boot dies.
+        every = self.reconcile_every if self.store.liveness is Liveness.EXCLUSIVE else None
+        return Reconciler(syncer=self._syncer_mb, mailbox=self._reconcile_mb,
+                          history=self.reconciliations, clock=self.clock,
+                          boot_id=self.boot_id, worker=lambda: self.worker, every=every,
+                          closing=lambda: self._closing)
 
     def _new_stats_keeper(self) -> StatsKeeper:
         return StatsKeeper(stats=self._stats, mailbox=self._stats_mb, syncer=self._syncer_mb,
@@ -442,7 +526,8 @@ class Runtime:
         async def flush(chunk: list[NewJob]) -> None:
             nonlocal new, dup
             reply: Reply[SubmitResult] = Reply()
-            await self._syncer_mb.send(Submit(tuple(chunk), run_id=run_id, reply=reply))
+            await self._syncer_mb.send(Submit(tuple(chunk), run_id=run_id, reply=reply,
+                                              on_commit=self._submit_timer()))
             replies.append(reply)
             while len(replies) >= _SUBMIT_WINDOW or (replies and replies[0].done):
                 res = await replies.pop(0).wait()
@@ -544,12 +629,23 @@ class Runtime:
             sources={src.name: src.status() for src in self.sources},
         )
 
+    async def _publish(self, status: dict[str, Any] | None) -> None:
+        """`Store.publish_status`, one at a time (a store may write a file per call)."""
+        async with self._publishing:
+            await self.store.publish_status(status)
+
     def _published(self) -> dict[str, Any]:
         st = self.status()
-        return {"at": self.clock.now(), "pid": os.getpid(), "worker": st.worker,
+        now = self.clock.now()
+        reasons = self._assess(now)
+        return {"at": now, "pid": os.getpid(), "worker": st.worker,
                 "boot_id": st.boot_id, "syncer": st.syncer, "restarts": st.restarts[-20:],
                 "restarts_total": len(st.restarts), "mailboxes": st.mailboxes,
-                "sources": st.sources, "stats": st.stats.as_dict()}
+                "sources": st.sources, "stats": st.stats.as_dict(),
+                "health": {"ok": not reasons, "reasons": list(reasons)},
+                "paused": self.paused, "stats_loaded_at": self._stats_loaded_at(),
+                "in_hand": [j.as_dict() for j in self.in_hand()[:_PUBLISHED_IN_HAND]],
+                "reconciliation": self.reconciliations.as_dict(limit=10)}
 
     def pause(self) -> None:
         """Stop leasing: jobs in hand run on, no new ones start (submits still commit)."""
@@ -558,6 +654,156 @@ class Runtime:
     def resume(self) -> None:
         """Lease again after `pause`."""
         self._control.enabled = True
+
+    @property
+    def paused(self) -> bool:
+        """Whether leasing is off (`pause`, or the runtime is stopping)."""
+        control: LeaseControl | None = getattr(self, "_control", None)
+        return control is not None and not control.enabled
+
+    # --- operating a running runtime -------------------------------------------------
+
+    def add_observer(self, observer: RuntimeObserver) -> Callable[[], None]:
+        """Tell ``observer`` of every committed batch and submit from now on (metrics).
+
+        Returns the function that detaches it again. Observers are called on the syncer's
+        task: they must be cheap and must not raise.
+        """
+        self._observers.append(observer)
+        self._rewire_observers()
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._observers.remove(observer)
+            self._rewire_observers()
+        return remove
+
+    def _rewire_observers(self) -> None:
+        if self._syncer is not None:  # the running incarnation; the next one is built so
+            self._syncer.observer = fan_out(self._observers)
+
+    def _submit_timer(self) -> Callable[[SubmitResult], None] | None:
+        observer = fan_out(self._observers)
+        if observer is None:
+            return None
+        sent = time.perf_counter()
+        return lambda _result: observer.submit_committed(time.perf_counter() - sent)
+
+    def in_hand(self) -> list[InHand]:
+        """The jobs the downloaders run now, with the progress their handlers reported."""
+        held = []
+        for name, downloader in list(self._downloaders.items()):
+            ctx = downloader.current
+            if ctx is None:
+                continue
+            job = ctx.job
+            held.append(InHand(downloader=name, key=job.key, identity=job.identity,
+                               attempt=job.attempt, max_attempts=job.max_attempts,
+                               stage=job.stage, progress_done=ctx.progress_done,
+                               progress_total=ctx.progress_total))
+        return held
+
+    async def reconcile(self, *, dry_run: bool = False) -> ReconcileReport:
+        """Reconcile the store now, through the syncer; returns after its commit.
+
+        Leases the store proves lost go back, dead workers are marked so, their runs are
+        interrupted (see `syncward.store.apply`). A real one is kept in `reconciliations`;
+        a dry run only reports. Adapters' start-up hooks are not run: their leftovers may
+        belong to jobs in hand.
+        Raises:
+            MailboxClosed: the runtime is stopping.
+        """
+        at, started = self.clock.now(), time.perf_counter()
+        reply: Reply[ReconcileReport] = Reply()
+        await self._syncer_mb.send(Reconcile(self.boot_id, dry_run=dry_run, reply=reply))
+        report = await reply.wait()
+        if not dry_run:
+            self.reconciliations.record(ReconcileCycle(
+                ReconcileOrigin.MANUAL, at, time.perf_counter() - started, report))
+        return report
+
+    async def retry_failed(self, keys: Sequence[str] | None = None) -> RetryResult:
+        """Send failed jobs back to planned with their attempts reset: these keys, or all.
+
+        Raises:
+            InvalidJob: a key is not a job key (64 hex digits).
+            MailboxClosed: the runtime is stopping.
+        """
+        wanted: tuple[str, ...] | None = None
+        skipped: tuple[str, ...] = ()
+        if keys is not None:
+            wanted = tuple(dict.fromkeys(_job_key_arg(k) for k in keys))
+            if not wanted:
+                return RetryResult(requeued=0)
+            before = await self.store.key_states(list(wanted))
+            skipped = tuple(k for k in wanted if before.get(k) is not JobState.FAILED)
+        reply: Reply[int] = Reply()
+        await self._syncer_mb.send(Requeue(state=JobState.FAILED, keys=wanted,
+                                           decided_at=self.clock.now(), reply=reply))
+        return RetryResult(requeued=await reply.wait(), not_requeued=skipped)
+
+    async def refresh_stats(self) -> StatsRefresh:
+        """Recount now: the rows are counted inside a commit and compared with the kept
+        counts (any difference is drift, corrected and logged); returns once applied.
+
+        Raises:
+            MailboxClosed: the runtime is stopping.
+        """
+        before = self.stats()
+        barrier: Reply[str] = Reply()
+        await self._syncer_mb.send(Recount())
+        await self._syncer_mb.send(SetMeta("stats_refreshed_at", repr(self.clock.now()),
+                                           reply=barrier))
+        await barrier.wait()  # the recount's update is in the stats mailbox, or applied
+        while True:
+            changed = self._stats.changed
+            if self._stats.loaded and not (len(self._stats_mb) or self._stats_mb.in_flight()):
+                return StatsRefresh(before=before, after=self.stats())
+            await changed.wait()
+
+    async def health(self) -> Health:
+        """Whether the runtime is healthy, and why not (see `syncward.health`).
+
+        Reads the store once (its workers), which is also the proof that it answers.
+        """
+        store_error: str | None = None
+        rows: list[WorkerRow] = []
+        if self._store is not None:
+            try:
+                with anyio.fail_after(_STORE_PROBE_TIMEOUT):
+                    rows = await self._store.workers()
+            except TimeoutError:
+                store_error = f"no answer within {_STORE_PROBE_TIMEOUT:g}s"
+            except Exception as exc:
+                store_error = f"{type(exc).__name__}: {exc}"
+        now = self.clock.now()
+        snap = self.stats()
+        return Health(
+            at=now, reasons=self._assess(now, store_error), counts=snap.counts,
+            stats_loaded_at=self._stats_loaded_at(),
+            recount=RecountFacts(last_at=self._health.last_check_at,
+                                 checks=snap.drift_checks, last_drift=snap.last_drift,
+                                 drift_total=snap.drift_total),
+            syncer=self._syncer_facts(), paused=self.paused,
+            workers=tuple(WorkerFacts(w, w.boot_id == self.boot_id)
+                          for w in notable_workers(rows)))
+
+    def _assess(self, now: float, store_error: str | None = None) -> tuple[str, ...]:
+        reasons = assess(now=now, running=self._store is not None, store_error=store_error,
+                         stats_loaded=self._stats.loaded, syncer=self._syncer_facts(),
+                         restarts=self.restarts, policy=self.health_policy)
+        return ("the runtime is stopping", *reasons) if self._closing else reasons
+
+    def _syncer_facts(self) -> SyncerFacts:
+        h = self._health
+        mailbox: Mailbox[SyncerMsg] | None = getattr(self, "_syncer_mb", None)
+        return SyncerFacts(commits=h.commits, last_commit_at=h.last_commit_at, error=h.error,
+                           error_since=h.error_since, retries=h.retries,
+                           queued=len(mailbox) if mailbox is not None else 0,
+                           rejected=h.rejected, failures_total=h.failures_total)
+
+    def _stats_loaded_at(self) -> float | None:
+        return self._health.last_reset_at if self._stats.loaded else None
 
     def room(self) -> int:
         """How many more messages the syncer's mailbox takes now without waiting."""
@@ -588,7 +834,17 @@ class _StoreHooks:
         return self._rt.clock
 
     async def send(self, msg: SyncerMsg) -> None:
-        await self._rt.send(msg)
+        rt = self._rt
+        if isinstance(msg, Reconcile) and msg.reply is None and not msg.dry_run:
+            # Another boot died (the store's keeper saw it): record what this fixes.
+            reply: Reply[ReconcileReport] = Reply()
+            tracked = Tracked(reply, ReconcileOrigin.LIVENESS, rt.clock.now(),
+                              time.perf_counter())
+            await rt.send(replace(msg, reply=reply))
+            with contextlib.suppress(MailboxFull, MailboxClosed):
+                rt._reconcile_mb.send_nowait(tracked)
+            return
+        await rt.send(msg)
 
     def wake(self) -> None:
         with contextlib.suppress(MailboxFull, MailboxClosed):
@@ -617,6 +873,18 @@ class _SourcePort:
 
     async def get_meta(self, key: str) -> str | None:
         return await self._rt.store.get_meta(key)
+
+
+def _job_key_arg(key: object) -> str:
+    """A job key as given by a person: 64 hex digits, any case.
+
+    Raises:
+        InvalidJob: anything else.
+    """
+    text = key.lower() if isinstance(key, str) else ""
+    if not _KEY.fullmatch(text):
+        raise InvalidJob(f"not a job key (64 hex digits): {str(key)[:80]!r}", field="keys")
+    return text
 
 
 def _mb_dict(mb: Mailbox[Any]) -> dict[str, object]:

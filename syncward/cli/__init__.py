@@ -1,15 +1,17 @@
-"""The ``syncward`` command line: run, status, report, reconcile, retry, demo.
+"""The ``syncward`` command line: run, status, report, reconcile, retry, serve, demo.
 
 This package holds one module per command group, each declaring its click command beside
 the code it runs: `run` (a manifest; `feed` reads it, `progress` draws the bar),
-`redis` (``run redis://...``), `status`, `report`, `admin` (reconcile and retry) and
-`demo`. `common` is what they share at run time (exit codes, errors, handler loading,
-signals, the event loop), `options` what they share in their declarations, `views` the
+`redis` (``run redis://...``), `status`, `report`, `admin` (reconcile and retry),
+`serve` (the dashboard and API of a store; ``run --http`` uses it too) and `demo`.
+`common` is what they share at run time (exit codes, errors, handler loading, signals,
+the event loop), `options` what they share in their declarations, `views` the
 renderings. This module only makes the group and registers the commands.
 
 It is the entry point (``syncward = "syncward.cli:main"``; ``python -m syncward.cli``
-runs the same), so it is the one place that reads the environment (``SYNCWARD_DB``,
-``SYNCWARD_DEBUG``) and the one place that may choose uvloop.
+runs the same), so the command line is the one place that reads the environment
+(``SYNCWARD_DB``, ``SYNCWARD_DEBUG``, ``SYNCWARD_ADMIN_TOKEN``) and the one place that
+may choose uvloop.
 
 Design note: commands are declared with ``click.command`` in their modules and added
 here, rather than with ``@cli.command`` against a group imported from here: the command
@@ -25,7 +27,7 @@ import sys
 import click
 
 from syncward import __version__
-from syncward.cli import admin, demo, report, run, status
+from syncward.cli import admin, demo, report, run, serve, status
 from syncward.cli.common import ExitCode, fail
 from syncward.cli.options import EXIT_STATUS
 
@@ -51,6 +53,7 @@ cli.add_command(report.report)
 cli.add_command(admin.reconcile)
 cli.add_command(admin.retry)
 cli.add_command(demo.demo)
+cli.add_command(serve.serve)
 
 
 def main() -> None:

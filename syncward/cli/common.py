@@ -5,7 +5,8 @@ Exit codes (documented in ``syncward --help``)::
     0  every manifest entry succeeded or was skipped (or: the command did what it was asked)
     1  some entries failed or were rejected (or: the runtime stopped on an error)
     2  usage or configuration error; nothing was done
-    3  interrupted before finishing; run the same command again to resume
+    3  interrupted before finishing (a signal, or the store's disk is full, read-only or
+       its file was removed: the line says which); run the same command again to resume
 
 Design note: errors become one line on stderr (``syncward: error: ...``) and an exit code,
 never a traceback; ``SYNCWARD_DEBUG=1`` (read here, at the entry point only) re-raises so
@@ -31,7 +32,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 import anyio
 import click
 
-from syncward.errors import ConfigError, StoreError, SupervisorGaveUp, SyncwardError
+from syncward.errors import (
+    ConfigError,
+    StoreError,
+    StoreFailing,
+    SupervisorGaveUp,
+    SyncwardError,
+)
 from syncward.store import check_url
 
 if TYPE_CHECKING:
@@ -99,6 +106,8 @@ def describe(exc: BaseException) -> str:
 
 def _exit_code(exc: BaseException) -> ExitCode:
     exc = leaf(exc)
+    if isinstance(exc, StoreFailing) or isinstance(exc.__cause__, StoreFailing):
+        return ExitCode.INTERRUPTED  # the store's disk filled, ...: mend it and run again
     if isinstance(exc, RunAborted | SupervisorGaveUp):
         return ExitCode.FAILED
     if isinstance(exc, ConfigError | StoreError | OSError):

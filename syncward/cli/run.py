@@ -18,6 +18,10 @@ Signals (SIGINT, SIGTERM): the first cancels submitting and waiting; leaving the
 then stops leasing, lets in-flight jobs finish within ``grace`` and releases the rest
 (exit 3, resumable). The second kills the runtime at once, as a crash would; the next
 run's start-up reconciliation recovers its leases (exit 3 as well).
+
+With ``--http`` the runtime's operations app (`syncward.web`) is served from the moment
+the runtime has started until the run has finished (`syncward.cli.serve.serving`); its
+socket is bound before the store is opened, with the other exit-2 checks.
 """
 
 from __future__ import annotations
@@ -46,9 +50,19 @@ from syncward.cli.common import (
     run_async,
 )
 from syncward.cli.feed import ManifestFeed
-from syncward.cli.options import EXIT_STATUS, FORMATS, db_option, json_option, split_key, stdout
+from syncward.cli.options import (
+    EXIT_STATUS,
+    FORMATS,
+    admin_token_file_option,
+    db_option,
+    http_option,
+    json_option,
+    split_key,
+    stdout,
+)
 from syncward.cli.progress import Counters, show_progress
 from syncward.cli.redis import RedisRunOptions, is_redis_source, run_redis
+from syncward.cli.serve import HttpSetup, prepare_http, serving
 from syncward.cli.views import render_summary
 from syncward.errors import ConfigError, MailboxClosed
 from syncward.jobs import JobState
@@ -102,12 +116,15 @@ class Prepared:
     label: str  # the source as recorded with the run: an absolute path, or "-"
     spool: Any = None  # stdin copied to a temporary file (for --strict)
     reading: bool = False  # the manifest was handed to its reader thread, which closes it
+    http: HttpSetup | None = None  # --http: the bound socket and the admin token
 
     def close(self) -> None:
         if not self.reading:
             self.manifest.close()
         if self.spool is not None:
             self.spool.close()
+        if self.http is not None:
+            self.http.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +176,13 @@ class RunOutcome:
 @json_option
 @click.option("--loop", type=click.Choice(["auto", "asyncio", "uvloop"]), default="auto",
               show_default=True, help="Event loop: auto is uvloop when it is installed.")
+@http_option(None)
+@admin_token_file_option
 @guard
 def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
         lease_seconds: float, job_timeout: float, grace: float, key: str | None,
         fmt: str | None, strict: bool, until_empty: bool, no_progress: bool, as_json: bool,
-        loop: str) -> None:
+        loop: str, http: str | None, admin_token_file: Path | None) -> None:
     """Run every job of the manifest SOURCE (a file, or - for stdin) through TARGET.
 
     \b
@@ -189,11 +208,19 @@ def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
     SOURCE may also be redis://HOST:PORT/DB?stream=NAME&group=G (a Redis stream read
     through a consumer group) or redis://HOST:PORT/DB?list=NAME (a Redis list, drained
     without loss); it runs until stopped (exit 3), or with --until-empty until drained.
+
+    With --http [HOST:]PORT the run serves its dashboard, /health, /metrics and JSON API
+    while it lasts; admin routes (POST) need the token of $SYNCWARD_ADMIN_TOKEN or
+    --admin-token-file.
     """
+    if admin_token_file is not None and http is None:
+        raise ConfigError("--admin-token-file needs --http")
     if is_redis_source(source):
         if key or fmt or strict:
             raise ConfigError("--key, --format and --strict apply to manifests, not to "
                               "redis:// sources")
+        if http is not None:
+            raise ConfigError("--http is not available with redis:// sources yet")
         run_redis(RedisRunOptions(
             source=source, handler=handler, db=db, concurrency=concurrency,
             max_attempts=max_attempts, lease_seconds=lease_seconds,
@@ -206,6 +233,8 @@ def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
         progress=not no_progress, loop=loop)
     prepared = prepare(cfg)
     try:
+        if http is not None:
+            prepared.http = prepare_http(http, admin_token_file)
         out = stdout()
         console = out if cfg.progress and out.is_terminal else None
         outcome = run_async(execute, cfg, prepared, console, loop=loop)
@@ -314,7 +343,7 @@ async def _run(cfg: RunConfig, prepared: Prepared, interrupt: Interrupt,
     runtime = Runtime(prepared.handler, store=cfg.db, concurrency=cfg.concurrency,
                       max_attempts=cfg.max_attempts, lease_seconds=cfg.lease_seconds,
                       job_timeout=cfg.job_timeout, grace=cfg.grace)
-    async with runtime as rt:
+    async with runtime as rt, serving(prepared.http, rt):
         try:
             with anyio.CancelScope() as body:
                 interrupt.attach(rt, body)

@@ -11,6 +11,14 @@ the last commit.
 edge (what ``--json`` prints) and `syncward.cli.views.render_status` renders the same
 object, so the two can never disagree.
 
+Health: status exits 1 when the store's runtime is unhealthy, so it can serve as a
+container's health check. That is judged by `syncward.health.assess_owner`, as the web
+app's ``/health`` judges a watched store: a runtime that died holding the store, one
+that has not published its status for a while (its event loop is stuck), or one that
+publishes reasons of its own (failing commits, a restart loop, ...). No runtime at all
+is not unhealthy: nothing is running. The jobs in a live runtime's downloaders, with the
+progress their handlers reported (``ctx.progress``), come from what it publishes.
+
 Design note: what a running runtime published (``runtime``, the syncer's counters) and
 what the last start-up reconciliation recorded (``last_reconcile``) are JSON documents
 written by another process, possibly by another version of syncward; they are carried
@@ -20,14 +28,18 @@ as they were read, not parsed into our types, so that ``--json`` shows them whol
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.table import Table
 
 from syncward.cli.common import guard, require_store_file, run_async
 from syncward.cli.options import db_option, json_option, stdout
 from syncward.cli.views import render_status
+from syncward.health import HealthPolicy, assess_owner
 from syncward.jobs import JobState
 from syncward.report import dumps
 from syncward.store import open_store
@@ -35,14 +47,17 @@ from syncward.store import open_store
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from rich.console import Console
+
     from syncward.store.base import EventRow, LeaseRow, OwnerInfo, RunInfo, WorkerRow
 
 __all__ = ["LeaseView", "Restarts", "RunView", "Status", "SyncerView", "WorkerView",
-           "collect_status", "status"]
+           "collect_status", "render_health", "status"]
 
 _LEASES_LISTED = 100
 _RECENT_RESTARTS = 5
 _ALL = 1_000_000
+_OWNERS_ASSESSED = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +142,16 @@ class Status:
     restarts: Restarts
     stats_drift: int
     latest_run: RunView | None
+    unhealthy: tuple[str, ...] = ()  # the reasons; none: healthy
+    in_hand: tuple[dict[str, Any], ...] = ()  # as the live runtime published them
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def healthy(self) -> bool:
+        return not self.unhealthy
 
     def as_dict(self) -> dict[str, Any]:
         """What ``status --json`` prints, keys in this order."""
@@ -147,6 +168,9 @@ class Status:
             "restarts": self.restarts.as_dict(),
             "stats_drift": self.stats_drift,
             "latest_run": self.latest_run.as_dict() if self.latest_run is not None else None,
+            "health": {"status": "ok" if self.healthy else "unhealthy",
+                       "reasons": list(self.unhealthy)},
+            "in_hand": list(self.in_hand),
         }
 
 
@@ -173,6 +197,12 @@ async def collect_status(url: str, name: str) -> Status:
         live_boot = owner.boot_id if owner is not None and owner.alive is not False else None
         published = await store.published_status(live_boot) if live_boot else None
         last_write = await store.last_write_at()
+        unhealthy: list[str] = []
+        for other in owners[:_OWNERS_ASSESSED]:
+            seen = published if other.boot_id == live_boot else (
+                await store.published_status(other.boot_id)
+                if other.boot_id and other.alive is not False else None)
+            unhealthy.extend(assess_owner(other, seen, now=time.time(), policy=HealthPolicy()))
     finally:
         await store.aclose()
     syncer_published: dict[str, Any] = published.get("syncer", {}) if published else {}
@@ -193,6 +223,9 @@ async def collect_status(url: str, name: str) -> Status:
         restarts=Restarts(total=len(restarts), recent=tuple(restarts[:_RECENT_RESTARTS])),
         stats_drift=sum(int(e.detail.get("off", 0)) for e in drift),
         latest_run=run,
+        unhealthy=tuple(unhealthy),
+        in_hand=tuple(item for item in (published or {}).get("in_hand") or ()
+                      if isinstance(item, dict)),
     )
 
 
@@ -205,11 +238,44 @@ def status(db: str, as_json: bool) -> None:
 
     Counts by state, active leases and their owners, workers and their status, the
     owner of the store (and whether its process is alive), the syncer's last commit,
-    restarts of actors, stats drift, the last start-up reconciliation and the latest run.
+    restarts of actors, stats drift, the last start-up reconciliation, the latest run,
+    the jobs in progress (with what their handlers reported) and the runtime's health.
+
+    Exits 1 when the runtime holding the store is unhealthy (gone, stuck, failing
+    commits, an actor in a restart loop): usable as a container health check.
     """
     path = require_store_file(db)
     st = run_async(collect_status, db, path, loop="asyncio")
     if as_json:
         click.echo(dumps(st.as_dict()))
     else:
-        render_status(stdout(), st)
+        console = stdout()
+        render_status(console, st)
+        render_health(console, st)
+    if not st.healthy:
+        sys.exit(1)
+
+
+def render_health(console: Console, st: Status) -> None:
+    """The jobs in progress and the health verdict, after `render_status`'s tables."""
+    if st.in_hand:
+        table = Table(title="In progress", title_justify="left")
+        for name in ("job", "downloader", "attempt", "stage", "progress"):
+            table.add_column(name)
+        for item in st.in_hand:
+            progress = item.get("progress") or {}
+            done, total = progress.get("done"), progress.get("total")
+            shown = "-" if done is None else (f"{done:g}" if total is None
+                                              else f"{done:g}/{total:g}")
+            if progress.get("fraction") is not None:
+                shown += f" ({100 * progress['fraction']:.0f}%)"
+            table.add_row(str(item.get("key", ""))[:16], str(item.get("downloader", "")),
+                          f"{item.get('attempt')}/{item.get('max_attempts')}",
+                          str(item.get("stage") or "-"), shown)
+        console.print(table)
+    if st.healthy:
+        console.print("[bold]Health[/]: ok")
+    else:
+        console.print("[bold]Health[/]: [bold red]unhealthy[/]")
+        for reason in st.unhealthy:
+            console.print(f"  {reason}")
