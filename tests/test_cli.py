@@ -583,3 +583,14 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     text = b"".join(chunks).decode(errors="replace")
     assert "in flight" in text and "retrying" in text  # the bar's second line
     assert "Manifest: 30 entries" in text  # then the summary
+
+
+def test_verbose_prints_the_details_behind_the_lines(tmp_path: Path) -> None:
+    (tmp_path / "m.txt").write_text("a\nb\n")
+    quiet = syncward(tmp_path, "run", "m.txt", "--handler", f"{HANDLERS}:ok", "--no-progress")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "reconciliation" not in quiet.stderr
+    loud = syncward(tmp_path, "-v", "run", "m.txt", "--handler", f"{HANDLERS}:ok",
+                    "--no-progress")
+    assert loud.returncode == 0, loud.stderr
+    assert "syncward: start-up reconciliation: nothing to do" in loud.stderr.splitlines()

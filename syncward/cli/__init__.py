@@ -38,13 +38,19 @@ __all__ = ["cli", "main"]
                                "max_content_width": 100},
              epilog=EXIT_STATUS)
 @click.version_option(__version__, prog_name="syncward")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also print the details behind each line (every lease a start-up "
+                   "reconciliation gave back, retried checkpoints, ...).")
+def cli(verbose: bool) -> None:
     """Run a manifest of jobs through syncward's runtime, watch it, report on it.
 
     A job is named by its identity (job key = SHA-256 of the canonical identity), so
     running the same manifest again resumes: committed jobs are never redone. The store
-    is one SQLite file; `status` and `report` read it while a run is going on.
+    is a SQLite file or a PostgreSQL database (shared by many processes); `status` and
+    `report` read it while a run is going on.
     """
+    if verbose:
+        logging.getLogger("syncward").setLevel(logging.INFO)
 
 
 cli.add_command(run.run)
