@@ -4,7 +4,10 @@ First the peak: 64 producers submit one job at a time as fast as commits allow, 
 few seconds. Then a pacer starts one single-job submit every 1/(peak/2) seconds, each in
 its own task, and records how long each took to return (it returns after the commit).
 Lines: ``latency.submit_peak`` (jobs/s), ``latency.submit_p50`` and ``latency.submit_p99``
-(ms). Durable SQLite (synchronous FULL); no handler work is leased (leasing paused).
+(ms) at half the peak, ``latency.paced_p99`` at a tenth, two tenths, ... of the peak until
+p99 passes 20 ms, and ``latency.sustainable``: the highest of those rates whose p99 stayed
+under 20 ms (the knee). Durable SQLite (synchronous FULL); no handler work is leased
+(leasing paused).
 
 Run: python -m benchmarks.latency [--seconds S]
 """
@@ -46,26 +49,45 @@ async def measure(path: Path, seconds: float) -> None:
         peak = done / (timed() - start)
         emit("latency.submit_peak", peak, "jobs/s", producers=64)
 
-        latencies: list[float] = []
+        async def paced(rate: float) -> list[float]:
+            """One single-job submit every 1/rate seconds, each in its own task."""
+            latencies: list[float] = []
 
-        async def one() -> None:
-            t0 = timed()
-            await rt.submit([{"id": next(counter)}])
-            latencies.append(timed() - t0)
+            async def one() -> None:
+                t0 = timed()
+                await rt.submit([{"id": next(counter)}])
+                latencies.append(timed() - t0)
 
-        interval = 1 / (peak / 2)
-        async with anyio.create_task_group() as tg:
-            next_at = timed()
-            end = next_at + seconds
-            while next_at < end:
-                tg.start_soon(one)
-                next_at += interval
-                await anyio.sleep(max(0.0, next_at - timed()))
-        latencies.sort()
-        p50 = statistics.median(latencies) * 1000
-        p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-        emit("latency.submit_p50", p50, "ms", rate=round(peak / 2), samples=len(latencies))
-        emit("latency.submit_p99", p99, "ms", rate=round(peak / 2), samples=len(latencies))
+            interval = 1 / rate
+            async with anyio.create_task_group() as tg:
+                next_at = timed()
+                end = next_at + seconds
+                while next_at < end:
+                    tg.start_soon(one)
+                    next_at += interval
+                    await anyio.sleep(max(0.0, next_at - timed()))
+            latencies.sort()
+            return latencies
+
+        def p99(latencies: list[float]) -> float:
+            return latencies[int(len(latencies) * 0.99) - 1] * 1000
+
+        half = await paced(peak / 2)
+        emit("latency.submit_p50", statistics.median(half) * 1000, "ms", rate=round(peak / 2),
+             samples=len(half))
+        emit("latency.submit_p99", p99(half), "ms", rate=round(peak / 2), samples=len(half))
+        # The knee: the highest paced rate (in tenths of the peak) whose p99 stays under
+        # 20 ms — what an embedding app submitting once per request can sustain.
+        knee = 0.0
+        for tenth in range(1, 10):
+            rate = peak * tenth / 10
+            lat = await paced(rate)
+            emit("latency.paced_p99", p99(lat), "ms", rate=round(rate),
+                 p50=round(statistics.median(lat) * 1000, 2), samples=len(lat))
+            if p99(lat) >= 20.0:
+                break
+            knee = rate
+        emit("latency.sustainable", knee, "submits/s", p99_under_ms=20, peak=round(peak))
 
 
 def main() -> None:

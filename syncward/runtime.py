@@ -504,6 +504,15 @@ class Runtime:
             InvalidJob: a spec's identity is not valid (nothing after it is submitted).
             MailboxClosed: the runtime is stopping.
         """
+        if isinstance(specs, list | tuple) and len(specs) <= _SUBMIT_CHUNK:
+            # One message and one wait: the shape of an embedding app's submit per
+            # request, which the streaming path below (an async generator, chunking, a
+            # window of replies) made cost twice a job's own commit.
+            jobs = tuple(_to_new_job(spec, self.max_attempts, None) for spec in specs)
+            reply: Reply[SubmitResult] = Reply()
+            await self._syncer_mb.send(Submit(jobs, reply=reply,
+                                              on_commit=self._submit_timer()))
+            return await reply.wait()
         return await self._submit(_aiter((None, s) for s in specs)
                                   if not isinstance(specs, AsyncIterable)
                                   else _numbered(specs, None), run_id=None)
