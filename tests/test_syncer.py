@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -340,3 +341,42 @@ async def test_a_submit_delivered_again_after_its_commit_counts_its_own_jobs_as_
     assert once.results == [SubmitResult(new=5, duplicates=0)]
     assert again.results == [SubmitResult(new=5, duplicates=0),
                              SubmitResult(new=3, duplicates=2)]
+
+
+class _BrokenStore:
+    """A store whose every commit fails with an error it does not classify."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def apply(self, batch: Any, **kw: Any) -> Any:
+        self.calls += 1
+        raise RuntimeError("the store itself is broken")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_broken_store_crashes_the_syncer_and_refuses_no_message(
+        tmp_path: Path) -> None:
+    """A failure the store does not classify is not blamed on the messages: the syncer
+    commits an empty batch before refusing one alone, and when that fails too it crashes
+    (the supervisor restarts it; its mailbox redelivers), so no sender sees a refusal."""
+    inner = await open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store = _BrokenStore(inner)
+    replies = [Reply[SubmitResult]() for _ in range(3)]
+    async def run() -> None:
+        async with syncer_rig(tmp_path, store=store, leasing=False) as rig:  # type: ignore[arg-type]
+            for i, reply in enumerate(replies):
+                rig.mailbox.send_nowait(Submit((new_job(i),), reply=reply))
+            await anyio.sleep_forever()
+
+    try:
+        with anyio.fail_after(10), pytest.raises(BaseExceptionGroup) as info:
+            await run()
+    finally:
+        await inner.aclose()
+    assert info.group_contains(RuntimeError, match="the store itself is broken")
+    assert not any(reply.done for reply in replies)  # nobody was told "refused"
+    assert store.calls >= 2  # the batch, then the empty one that proved the store broken

@@ -56,7 +56,7 @@ class StatusPublisher:
                 with anyio.move_on_after(self.every):
                     await self._stop.wait()
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
                     await self.publish(None)
                 except OSError as exc:

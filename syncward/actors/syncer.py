@@ -302,6 +302,10 @@ class Syncer:
             for msg in batch:
                 await self._commit([msg])
             return
+        # Only a store that commits an empty batch proves the fault is this message's: an
+        # unclassified failure of the store itself must crash (and be redelivered), never
+        # turn every message into a refusal.
+        await self.store.apply([], now=self.clock.now())
         (msg,) = batch
         log.error("refusing a %s the store cannot apply: %s: %s", type(msg).__name__,
                   type(exc).__name__, exc)

@@ -32,6 +32,7 @@ import anyio
 from syncward.errors import ConfigError, InvalidJob, MailboxClosed, MissingDependency
 from syncward.jobs import JobSpec, keyed_identity
 from syncward.messages import NewJob, RecordEvent, Reply, SetMeta, Submit, SubmitResult
+from syncward.store.urls import redact
 
 try:
     import redis.asyncio as aioredis
@@ -239,16 +240,6 @@ def split_source_url(url: str, allowed: Iterable[str]) -> tuple[str, dict[str, s
     except ValueError:
         raise ConfigError(f"{redact(url)}: bad port") from None
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), params
-
-
-def redact(url: str) -> str:
-    """The URL without its password (for logs, status and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + netloc, parts.path, parts.query, ""))
 
 
 def endpoint(url: str) -> str:

@@ -144,10 +144,11 @@ class Applier:
         if deltas:
             await tx.record_deltas(deltas)
         recounts = [m for m in batch if isinstance(m, Recount)]
-        counts = await tx.count_by_state() if recount or recounts else None
-        checked = None
+        counts = checked = None
         if any(r.check for r in recounts):
-            checked = await tx.count_rows()
+            counts, checked = await tx.count_checked()
+        elif recount or recounts:
+            counts = await tx.count_by_state()
         results: list[Result] = []
         for r in b.results:
             assert r is not None, "an effect's result was never resolved"

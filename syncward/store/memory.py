@@ -302,8 +302,9 @@ class _MemoryTx:
     async def count_by_state(self) -> dict[JobState, int]:
         return _count(self.d)
 
-    async def count_rows(self) -> dict[JobState, int]:
-        return _count(self.d)
+    async def count_checked(self) -> tuple[dict[JobState, int], dict[JobState, int]]:
+        counts = _count(self.d)
+        return counts, dict(counts)
 
     async def record_deltas(self, deltas: dict[JobState, int]) -> None:
         return None  # counts are taken from the rows: nothing to keep

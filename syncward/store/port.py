@@ -162,8 +162,10 @@ class WriteTx(Protocol):
         exclusive store counts its rows; a shared one sums its running totals)."""
         ...
 
-    async def count_rows(self) -> dict[JobState, int]:
-        """The jobs counted by state, row by row (the check of the totals)."""
+    async def count_checked(self) -> tuple[dict[JobState, int], dict[JobState, int]]:
+        """``(count_by_state(), the jobs counted row by row)`` as of one snapshot (the
+        check of the totals: a shared store must not see another writer's commit
+        between the two)."""
         ...
 
     async def record_deltas(self, deltas: dict[JobState, int]) -> None:

@@ -377,9 +377,18 @@ def test_a_port_that_is_not_a_number_is_one_line(tmp_path: Path) -> None:
     password = f"pw-{uuid.uuid4().hex}"
     url = f"postgresql://app:{password}@127.0.0.1:notaport/test"
     one_line(run_cli(tmp_path, url),
-             rf"syncward: error: store URL '{store_name(url)}' is malformed: .*'notaport'",
-             secret=password)
+             rf"syncward: error: store URL '{store_name(url)}' is malformed: its port is "
+             r"not a number .*", secret=password)
     nothing_ran(tmp_path)
+
+
+def test_a_password_with_a_slash_is_not_quoted_by_a_parse_error(tmp_path: Path) -> None:
+    """``user:se/cret@host`` splits at the '/': a parser's own message would quote 'se'."""
+    secret = uuid.uuid4().hex[:10]
+    url = f"postgresql://app:{secret}/x@127.0.0.1:{spare_port()}/test"
+    result = run_cli(tmp_path, url)
+    assert result.returncode == 2
+    assert secret not in result.stdout + result.stderr
 
 
 def test_a_password_given_as_a_query_parameter_is_not_printed(tmp_path: Path) -> None:

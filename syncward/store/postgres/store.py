@@ -31,10 +31,17 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import asyncpg
 import asyncpg.exceptions as pgerr
 
-from syncward.errors import ConfigError, SchemaTooNew, StoreError, StoreUnavailable
+from syncward.errors import (
+    ConfigError,
+    SchemaTooNew,
+    StoreError,
+    StoreFailure,
+    StoreUnavailable,
+)
 from syncward.jobs import TERMINAL, Job, JobState
 from syncward.store.apply import Applier
 from syncward.store.base import (
@@ -66,12 +73,33 @@ __all__ = ["PostgresStore", "boot_lock_key", "redact"]
 log = logging.getLogger("syncward.postgres")
 
 #: Failures worth retrying: the connection, the server going away, a deadlock or a
-#: serialisation failure between writers, resources running out.
+#: serialisation failure between writers, a row lock not granted in time, resources
+#: running out.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, pgerr.PostgresConnectionError, pgerr.InterfaceError,
     pgerr.TransactionRollbackError, pgerr.OperatorInterventionError,
     pgerr.InsufficientResourcesError, pgerr.IdleInTransactionSessionTimeoutError,
+    pgerr.LockNotAvailableError,
 )
+#: Failures of the store's environment, which waiting does not mend (as SQLite's
+#: `failure_kind`): the runtime stops with one line after ``fatal_after``.
+ENVIRONMENT: dict[type[BaseException], StoreFailure] = {
+    pgerr.DiskFullError: StoreFailure.DISK_FULL,
+    pgerr.ReadOnlySQLTransactionError: StoreFailure.READ_ONLY,
+    pgerr.InvalidAuthorizationSpecificationError: StoreFailure.PERMISSION,
+    pgerr.InsufficientPrivilegeError: StoreFailure.PERMISSION,
+    pgerr.InvalidCatalogNameError: StoreFailure.GONE,
+    pgerr.InvalidSchemaNameError: StoreFailure.GONE,
+    pgerr.UndefinedTableError: StoreFailure.GONE,
+}
+
+
+def failure_kind(exc: BaseException) -> StoreFailure | None:
+    """The kind of a store failure, or None for an error of the batch's own."""
+    for cls, kind in ENVIRONMENT.items():
+        if isinstance(exc, cls):
+            return kind
+    return StoreFailure.TRANSIENT if isinstance(exc, TRANSIENT) else None
 _MIGRATION_LOCK = 0  # second key of the advisory lock migrations run under
 #: The writer's session: a runtime stopped or stuck inside a transaction (SIGSTOP, a
 #: blocked event loop) holds row locks every other runtime's batches wait for; the server
@@ -86,13 +114,27 @@ def boot_lock_key(boot_id: str) -> int:
     return int.from_bytes(hashlib.sha256(boot_id.encode()).digest()[:4], "big", signed=True)
 
 
+def _what_is_wrong(dsn: str) -> str:
+    """Which part of a DSN asyncpg could not parse, without quoting any of it."""
+    try:
+        port = urlsplit(dsn).port
+    except ValueError:
+        return "its port is not a number from 0 to 65535 (or a password holds ':' or '/')"
+    return "asyncpg cannot parse it" if port is not None else "its host part cannot be parsed"
+
+
 def _split(url: str) -> tuple[str, str]:
     """(the DSN for asyncpg, the schema) from a store URL.
 
     Raises:
-        ConfigError: no database named, or a schema name that is not an identifier.
+        ConfigError: no database named, a schema name that is not an identifier, or a URL
+            that cannot be parsed at all.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(f"store URL {redact(url)!r} is malformed (an unclosed '[' in "
+                          "the host?)") from None
     if not parts.path.strip("/"):
         raise ConfigError(f"store URL {redact(url)!r} names no database "
                           "(postgresql://user@host:port/database)")
@@ -177,7 +219,10 @@ class PostgresStore:
             raise StoreError(f"store {where}: cannot connect: {type(exc).__name__}: "
                              f"{exc}") from None
         except ValueError as exc:  # asyncpg could not parse the URL (a port not a number)
-            raise ConfigError(f"store URL {where!r} is malformed: {exc}") from None
+            # Not asyncpg's text: it quotes the URL's parts, a password among them.
+            del exc
+            raise ConfigError(f"store URL {where!r} is malformed: {_what_is_wrong(dsn)}"
+                              ) from None
 
     async def attach(self, boot_id: str) -> None:
         """Take this boot's advisory lock on a connection of its own, for its whole life.
@@ -221,8 +266,14 @@ class PostgresStore:
         self._life = None
         try:
             self._life = await self._connect(self._dsn, self.schema, self.url)
-            await self._life.execute("SELECT pg_advisory_lock($1, $2)", LOCK_NAMESPACE,
-                                     boot_lock_key(self.boot_id))
+            # Try, not wait: the server may not have noticed yet that the old session is
+            # gone (it holds the lock until it does); the next round tries again.
+            if not await self._life.fetchval(
+                    "SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE,
+                    boot_lock_key(self.boot_id), timeout=10):
+                self._life.terminate()
+                self._life = None
+                return False
             if self._listener is not None:
                 await self._life.add_listener(self.channel, self._listener)
         except (StoreError, OSError, TimeoutError, pgerr.PostgresError,
@@ -279,8 +330,11 @@ class PostgresStore:
                 # whatever it had open, and the next batch starts on a fresh one.
                 self._drop_writer()
                 raise
-        except TRANSIENT as exc:
-            raise StoreUnavailable("commit", exc) from exc
+        except Exception as exc:
+            kind = failure_kind(exc)
+            if kind is None:
+                raise  # a value the database refuses: the batch's own fault
+            raise StoreUnavailable("commit", exc, kind=kind) from exc
         return result
 
     async def _writer_connection(self) -> asyncpg.Connection:
@@ -307,13 +361,13 @@ class PostgresStore:
         try:
             if status is None:
                 await self._pool.execute("DELETE FROM published WHERE boot_id = $1",
-                                         self.boot_id)
+                                         self.boot_id, timeout=5)
             else:
                 await self._pool.execute(
                     "INSERT INTO published (boot_id, status, at) VALUES ($1, $2,"
                     " extract(epoch from clock_timestamp())) ON CONFLICT (boot_id) DO UPDATE"
                     " SET status = excluded.status, at = excluded.at",
-                    self.boot_id, clean(json.dumps(status, default=str)))
+                    self.boot_id, clean(json.dumps(status, default=str)), timeout=5)
         except TRANSIENT as exc:
             raise OSError(f"publishing status to {self.url}: {exc}") from exc
 
@@ -487,8 +541,10 @@ class PostgresStore:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=5)
         self._life = self._writer = None
-        with contextlib.suppress(Exception):
-            await self._pool.close()
+        with anyio.move_on_after(10) as waited, contextlib.suppress(Exception):
+            await self._pool.close()  # waits for borrowed connections to come back
+        if waited.cancelled_caught:
+            self._pool.terminate()  # a partitioned server: do not hang on leaving
 
 
 def _settings(schema: str) -> dict[str, str]:

@@ -205,8 +205,16 @@ class PostgresTx:
         """The running totals: every writer's committed deltas (and this batch's)."""
         return await self._counted("SELECT state, sum(n) FROM counts GROUP BY state")
 
-    async def count_rows(self) -> dict[JobState, int]:
-        return await self._counted("SELECT state, count(*) FROM jobs GROUP BY state")
+    async def count_checked(self) -> tuple[dict[JobState, int], dict[JobState, int]]:
+        # One statement, so one snapshot: under READ COMMITTED two statements would see
+        # another writer's commit between them, and report it as drift.
+        totals = dict.fromkeys(JobState, 0)
+        rows = dict.fromkeys(JobState, 0)
+        for which, state, n in await self.conn.fetch(
+                "SELECT 't', state, sum(n) FROM counts GROUP BY state UNION ALL"
+                " SELECT 'r', state, count(*) FROM jobs GROUP BY state"):
+            (totals if which == "t" else rows)[_STATE[state]] = int(n)
+        return totals, rows
 
     async def _counted(self, sql: str) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)

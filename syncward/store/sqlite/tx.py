@@ -145,8 +145,9 @@ class SQLiteTx:
             counts[_STATE[state]] = n
         return counts
 
-    async def count_rows(self) -> dict[JobState, int]:
-        return await self.count_by_state()
+    async def count_checked(self) -> tuple[dict[JobState, int], dict[JobState, int]]:
+        counts = await self.count_by_state()  # the totals are the rows: one scan
+        return counts, dict(counts)
 
     async def record_deltas(self, deltas: dict[JobState, int]) -> None:
         return None  # counts are taken from the rows: nothing to keep
