@@ -379,7 +379,9 @@ class ReconcileReport:
 
 @dataclass(frozen=True, slots=True)
 class Reconcile:
-    """Start-up reconciliation: leases of earlier boots are stale at once."""
+    """Reconciliation: the leases, workers and runs of every boot the store proves dead
+    (every other boot, on an exclusive store; a boot whose lock is free, on a shared one)
+    go back at once. Sent at start-up, periodically, and by the liveness keeper."""
 
     boot_id: str
     dry_run: bool = False

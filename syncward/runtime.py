@@ -15,7 +15,8 @@ at once, their workers are marked dead, adapters clean their leftovers), registe
 boot's worker from the store's atomic counter, then start the tree::
 
     root (rest-for-one): syncer, stats-keeper, lease-reaper, the store's housekeeping
-                         (SQLite: checkpointer), status-publisher, pool, sources...
+                         (SQLite: checkpointer; PostgreSQL: liveness keeper),
+                         status-publisher, reconciler, pool, sources...
     pool (one-for-one):  downloader-1..N, lease-renewer
 
 Leaving drains: leasing stops, downloaders finish the job in hand within ``grace``

@@ -260,7 +260,9 @@ class Syncer:
                 order = LeaseOrder(n=demand, owner=c.owner, boot_id=c.boot_id,
                                    default_lease_seconds=c.default_lease_seconds)
             extra: list[SyncerMsg] = list(self._releases)
-            if not batch and order is None and not extra:
+            if order is None and not extra and all(isinstance(m, Wake) for m in batch):
+                if batch:  # wake-ups with no room to lease into: nothing to commit
+                    self.mailbox.ack(CONSUMER, len(batch))
                 return
             if self.faults is not None:
                 self.faults.check("syncer.before_commit")

@@ -1,8 +1,11 @@
 """``syncward reconcile`` and ``syncward retry``: the two commands that change a store.
 
-Both open the store for writing, so they take its lock (a runtime holding it makes them
-fail with "in use", exit 2), apply one message through `Store.apply` — the same write the
-runtime's syncer would make — and close it again. Neither runs any job.
+Both open the store for writing — an exclusive store (SQLite) takes its lock, so a runtime
+holding it makes them fail with "in use", exit 2; a shared one (PostgreSQL) lets them in
+beside live runtimes, whose leases reconciliation leaves alone — apply one message through
+`Store.apply` (the same write the runtime's syncer would make) and close it again.
+Neither runs any job. On a running runtime, use the operations API
+(`POST /api/reconciliation`, `POST /api/jobs/retry`).
 """
 
 from __future__ import annotations

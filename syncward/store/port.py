@@ -15,9 +15,9 @@ written once and run unchanged on both kinds of driver.
 
 Writes are plain tuples in a documented field order (the aliases below), not objects:
 they are built once per job on the hottest path and handed straight to ``executemany``.
-Every write is fenced in its SQL as well (``WHERE id = ? AND fence = ?``) even though the
-applier checked the fence against the rows it loaded: a shared store locks the loaded rows
-for the transaction (``FOR UPDATE``), and the fence in the ``WHERE`` is the second lock.
+A shared store's writes repeat the fence in their SQL (``WHERE id = $1 AND fence = $2``)
+although the applier checked it against the rows it loaded (locked ``FOR UPDATE``): a
+second lock. An exclusive store, the only writer of its file, needs only the check.
 """
 
 from __future__ import annotations
