@@ -843,6 +843,10 @@ class _StoreHooks:
     def clock(self) -> Clock:
         return self._rt.clock
 
+    @property
+    def closing(self) -> bool:
+        return self._rt._closing
+
     async def send(self, msg: SyncerMsg) -> None:
         rt = self._rt
         if isinstance(msg, Reconcile) and msg.reply is None and not msg.dry_run:

@@ -275,6 +275,11 @@ class StoreHooks(Protocol):
     @property
     def clock(self) -> Clock: ...
 
+    @property
+    def closing(self) -> bool:
+        """The runtime is stopping (its worker is being marked stopped)."""
+        ...
+
     async def send(self, msg: SyncerMsg) -> None:
         """Deliver a message to the syncer (the only writer)."""
         ...

@@ -71,7 +71,9 @@ class LivenessKeeper:
         last_beat = clock.now()
         while not self._stop.is_set():
             await self.once()
-            if clock.now() - last_beat >= self.heartbeat_every and self.hooks.worker:
+            beat_due = clock.now() - last_beat >= self.heartbeat_every
+            # Not while stopping: a heartbeat after "stopped" would say "running" again.
+            if beat_due and self.hooks.worker and not self.hooks.closing:
                 last_beat = clock.now()
                 await self.hooks.send(WorkerStatus(self.hooks.worker, WorkerState.RUNNING))
             with anyio.move_on_after(self.every):
