@@ -50,7 +50,7 @@ POSTGRES_URL = os.environ.get("SYNCWARD_TEST_POSTGRES",
 
 def require_postgres() -> None:
     """Skip (or, under CI=true, fail) when the PostgreSQL server does not answer."""
-    if _postgres_up():
+    if postgres_up():
         return
     reason = f"PostgreSQL at {POSTGRES_URL} does not answer"
     if os.environ.get("CI") == "true":
@@ -59,7 +59,8 @@ def require_postgres() -> None:
 
 
 @functools.cache
-def _postgres_up() -> bool:
+def postgres_up() -> bool:
+    """Whether the PostgreSQL server of the tests answers on its port."""
     parts = urlsplit(POSTGRES_URL)
     try:
         with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432),

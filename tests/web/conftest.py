@@ -10,7 +10,8 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from web_helpers import POSTGRES_URL, drop_schema, postgres_up, require
+from store.store_helpers import POSTGRES_URL, postgres_up
+from web_helpers import drop_schema, require
 
 from syncward.store.memory import MemoryStore
 

@@ -7,18 +7,16 @@ bind port 0 and read back the port they got.
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
-import socket
 import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
 import pytest
+from store.store_helpers import POSTGRES_URL
 
 from syncward import Context, Job, Permanent, Skip, SyncerConfig
 from syncward.errors import StoreUnavailable
@@ -34,8 +32,6 @@ if TYPE_CHECKING:
 TOKEN = "test-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 QUICK = SyncerConfig(idle_poll=0.01, retry_initial=0.001, retry_max=0.01)
-POSTGRES_URL = os.environ.get("SYNCWARD_TEST_POSTGRES",
-                              "postgresql://postgres@127.0.0.1:5432/test")
 #: The admin routes, with a body each accepts.
 ADMIN_ROUTES: list[tuple[str, Any]] = [
     ("/api/stats/refresh", None),
@@ -53,17 +49,6 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (required under CI=true)")
     pytest.skip(reason)
-
-
-@functools.cache
-def postgres_up() -> bool:
-    parts = urlsplit(POSTGRES_URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432),
-                                      timeout=5):
-            return True
-    except OSError:
-        return False
 
 
 def chromium() -> str:
