@@ -20,6 +20,7 @@ SUITE: list[tuple[str, list[str], list[str]]] = [
     # (module, full arguments, --quick arguments)
     ("benchmarks.store", [], []),
     ("benchmarks.syncer", [], ["--messages", "20000"]),
+    ("benchmarks.importer", [], ["--rows", "20000"]),
     ("benchmarks.runtime", [], ["--jobs", "5000", "--rss-jobs", "100000",
                                 "--recover", "20000"]),
     ("benchmarks.latency", [], ["--seconds", "1"]),

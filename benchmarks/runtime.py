@@ -3,6 +3,10 @@
 Lines (jobs/s unless noted), each with ``"loop"``:
   runtime.noop      no-op handler, concurrency 100, durable SQLite (synchronous FULL)
   memory.noop       the same on the in-memory store: the framework's own ceiling, no I/O
+  runtime.noop_limited  runtime.noop with a limit per key declared but not binding (every
+                    job has one of 8 keys, at most 1,000 at once and 100,000 starts/s each),
+                    against runtime.noop in the same run (medians of 3 alternating pairs),
+                    target ratio >= 0.95
   runtime.io100     handler awaits anyio.sleep(0.01), concurrency 100 (ideal 10,000/s)
   runtime.io1000    the same at concurrency 1000 (ideal 100,000/s)
   runtime.recover_100k  seconds to open a store holding 100,000 leases of a dead boot and
@@ -12,8 +16,8 @@ Lines (jobs/s unless noted), each with ``"loop"``:
   runtime.wal_peak_mb  the WAL's peak size in MB during that run (sampled every 0.1 s),
                     target < 64 MB
 
-Run: python -m benchmarks.runtime [--jobs N] [--rss-jobs N] [--only NAME]  (NAME: noop, memory,
-io100, io1000, recover, rss; a part of a line's name)
+Run: python -m benchmarks.runtime [--jobs N] [--rss-jobs N] [--only NAME]
+(NAME: noop, memory, limited, io100, io1000, recover, rss; a part of a line's name)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +36,7 @@ from typing import Any
 import anyio
 
 from benchmarks._common import emit, timed
-from syncward import Context, Job, Runtime
+from syncward import Context, Job, Limit, Runtime
 from syncward.jobs import canonical_identity, job_key
 from syncward.messages import LeaseOrder, NewJob, Submit
 from syncward.store.sqlite import SQLiteStore
@@ -45,8 +50,16 @@ async def io_bound(job: Job, ctx: Context) -> None:
     await anyio.sleep(0.01)
 
 
-async def throughput(url: str, handler: Any, n: int, concurrency: int) -> float:
-    async with Runtime(handler, store=url, concurrency=concurrency) as rt:
+def shard(spec: Any) -> int:
+    return int(spec.identity["id"]) % 8
+
+
+LOOSE = Limit("shard", key=shard, concurrency=1_000, rate=100_000.0, burst=1_000)
+
+
+async def throughput(url: str, handler: Any, n: int, concurrency: int,
+                     limits: tuple[Limit, ...] = ()) -> float:
+    async with Runtime(handler, store=url, concurrency=concurrency, limits=limits) as rt:
         start = timed()
         await rt.submit({"id": i} for i in range(n))
         await rt.join()
@@ -55,12 +68,27 @@ async def throughput(url: str, handler: Any, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
-def run_throughput(name: str, handler: Any, n: int, concurrency: int, loop: str,
-                   ideal: float | None, *, memory: bool = False) -> None:
+def measure(handler: Any, n: int, concurrency: int, loop: str, *, memory: bool = False,
+            limits: tuple[Limit, ...] = ()) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         url = "memory://" if memory else f"sqlite:///{Path(tmp) / 'jobs.db'}"
-        rate = anyio.run(throughput, url, handler, n, concurrency,
+        return anyio.run(throughput, url, handler, n, concurrency, limits,
                          backend_options={"use_uvloop": loop == "uvloop"})
+
+
+def run_limited(n: int, loop: str) -> None:
+    plain: list[float] = []
+    limited: list[float] = []
+    for _ in range(3):
+        plain.append(measure(noop, n, 100, loop))
+        limited.append(measure(noop, n, 100, loop, limits=(LOOSE,)))
+    base, value = statistics.median(plain), statistics.median(limited)
+    emit("runtime.noop_limited", value, "jobs/s", baseline=base, loop=loop, jobs=n)
+
+
+def run_throughput(name: str, handler: Any, n: int, concurrency: int, loop: str,
+                   ideal: float | None, *, memory: bool = False) -> None:
+    rate = measure(handler, n, concurrency, loop, memory=memory)
     extra: dict[str, Any] = {"loop": loop, "jobs": n, "concurrency": concurrency}
     if ideal is not None:
         extra["of_ideal"] = round(rate / ideal, 3)
@@ -151,6 +179,8 @@ def main() -> None:
             run_throughput("runtime.noop", noop, args.jobs, 100, loop, None)
         if want("memory"):
             run_throughput("memory.noop", noop, args.jobs, 100, loop, None, memory=True)
+        if want("limited"):
+            run_limited(args.jobs, loop)
         if want("io100"):
             run_throughput("runtime.io100", io_bound, args.jobs, 100, loop, 10_000)
         if want("io1000"):

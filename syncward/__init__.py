@@ -13,6 +13,7 @@ from syncward.errors import LeaseLost as LeaseLost
 from syncward.errors import Permanent as Permanent
 from syncward.errors import Retry as Retry
 from syncward.errors import Skip as Skip
+from syncward.errors import StageError as StageError
 from syncward.errors import StoreLocked as StoreLocked
 from syncward.errors import SupervisorGaveUp as SupervisorGaveUp
 from syncward.errors import SyncwardError as SyncwardError
@@ -21,12 +22,17 @@ from syncward.jobs import JobSpec as JobSpec
 from syncward.jobs import JobState as JobState
 from syncward.jobs import job_key as job_key
 from syncward.jobs import op_key as op_key
+from syncward.limits import Limit as Limit
+from syncward.messages import CancelResult as CancelResult
 from syncward.messages import SubmitResult as SubmitResult
 from syncward.retry import RetryPolicy as RetryPolicy
 from syncward.runtime import Runtime as Runtime
+from syncward.schedules import Schedule as Schedule
+from syncward.stage_order import stages as stages
 from syncward.supervisor import RestartIntensity as RestartIntensity
 
 __all__ = [
+    "CancelResult",
     "Clock",
     "ConfigError",
     "Context",
@@ -37,12 +43,15 @@ __all__ = [
     "JobSpec",
     "JobState",
     "LeaseLost",
+    "Limit",
     "Permanent",
     "RestartIntensity",
     "Retry",
     "RetryPolicy",
     "Runtime",
+    "Schedule",
     "Skip",
+    "StageError",
     "StatsSnapshot",
     "StoreLocked",
     "SubmitResult",
@@ -52,6 +61,7 @@ __all__ = [
     "SystemClock",
     "job_key",
     "op_key",
+    "stages",
 ]
 
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ SyncwardError
   InvalidJob                 an identity or spec that cannot become a job (names the field)
   IllegalTransition          a state change the transition table refuses
   LeaseLost                  a handler's writes were fenced out: its lease is gone
+  StageError                 a stage the handler's declared order refuses (not committed)
   ActorError                 MailboxClosed | MailboxFull
   SupervisorError            SupervisorGaveUp(child_id, restarts) | InvalidChildSpec
   StoreError                 StoreLocked(owner) | SchemaTooNew(found, supported)
@@ -45,6 +46,7 @@ __all__ = [
     "Retry",
     "SchemaTooNew",
     "Skip",
+    "StageError",
     "StoreError",
     "StoreFailing",
     "StoreFailure",
@@ -91,6 +93,27 @@ class LeaseLost(SyncwardError):
         self.job = job
         self.reason = reason
         super().__init__(f"lease on job {job} lost: {reason}")
+
+
+class StageError(SyncwardError):
+    """A handler declared its stage order and asked for a stage outside it (unknown), or
+    one not after the job's current stage (backwards). Nothing was committed.
+
+    Raised inside the handler by ``ctx.stage``; left uncaught, it fails the job at once
+    (a programming error: retrying would only meet it again).
+    """
+
+    def __init__(self, stage: str, *, order: tuple[str, ...], current: str | None,
+                 job: str | None = None) -> None:
+        self.stage = stage
+        self.order = order
+        self.current = current
+        self.job = job
+        why = "not a declared stage" if stage not in order else "not after the current stage"
+        who = f" of job {job}" if job else ""
+        super().__init__(
+            f"stage {stage!r}{who} refused: {why}; declared order {' -> '.join(order)};"
+            f" current stage {current if current is not None else '(none: not started)'}")
 
 
 class ActorError(SyncwardError):
@@ -260,11 +283,17 @@ class HandlerSignal(Exception):
 
 
 class Retry(HandlerSignal):
-    """Try the job again later: after ``after`` seconds, or by the back-off policy."""
+    """Try the job again later: after ``after`` seconds, or by the back-off policy.
 
-    def __init__(self, reason: str = "retry requested", *, after: float | None = None) -> None:
+    With ``hold_key`` (and ``after``), every job of this job's limit key waits that long
+    too (`syncward.Limit`): the server said "not now" to all of them, e.g. a 429.
+    """
+
+    def __init__(self, reason: str = "retry requested", *, after: float | None = None,
+                 hold_key: bool = False) -> None:
         self.reason = reason
         self.after = after
+        self.hold_key = hold_key
         super().__init__(reason)
 
 

@@ -187,7 +187,11 @@ class JobSpec:
     """What a producer submits: an identity (which names the job) and a payload (which does not).
 
     ``max_attempts``, ``lease_seconds`` and ``timeout`` override the runtime's defaults for
-    this job only.
+    this job only. ``priority`` (an int, default 0) counts in seconds of waiting: leasing
+    takes the job with the earliest due time minus priority, so a job of priority 60 goes
+    before priority-0 jobs that became due up to a minute before it, and never before one
+    that has waited longer than that. Higher priority first among jobs due together, and
+    no job waits forever: at most the difference in priority longer than without them.
     """
 
     identity: Mapping[str, str | int]
@@ -195,6 +199,7 @@ class JobSpec:
     max_attempts: int | None = None
     lease_seconds: float | None = None
     timeout: float | None = None
+    priority: int = 0
 
     @property
     def key(self) -> str:

@@ -25,14 +25,23 @@ from syncward.jobs import Job, JobState
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from syncward.limits import LimitRule
+
 __all__ = [
     "Accepted",
     "ApplyResult",
+    "Cancel",
+    "CancelResult",
     "Effect",
     "EffectResult",
     "FinishRun",
+    "Import",
+    "ImportConflict",
+    "ImportJob",
+    "ImportResult",
     "LeaseOrder",
     "NewJob",
+    "NotRenewed",
     "Outcome",
     "OutcomeKind",
     "Reconcile",
@@ -119,6 +128,13 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class NotRenewed(Rejected):
+    """A `Renew` some of whose leases were no longer held: which, as ``(job id, fence)``."""
+
+    leases: tuple[tuple[int, int], ...] = ()
+
+
 ACCEPTED = Accepted()
 
 
@@ -150,6 +166,8 @@ class NewJob:
     lease_seconds: float | None = None
     timeout: float | None = None
     line: int | None = None  # manifest line, when submitted as part of a run
+    priority: int = 0
+    limit_key: str | None = None  # see `syncward.limits`
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +182,104 @@ class Submit:
     run_id: int | None = None
     reply: Reply[SubmitResult] | None = None
     on_commit: Callable[[SubmitResult], None] | None = None
+    token: int = field(default_factory=lambda: _TOKENS.getrandbits(62))
+
+
+@dataclass(frozen=True, slots=True)
+class ImportJob:
+    """One job of an `Import`, keyed and encoded as a `NewJob` is, with the state (and
+    result, error, attempts) it is to be created in. ``state`` is never LEASED."""
+
+    key: str
+    identity: str  # canonical JSON
+    payload: str  # JSON
+    state: JobState
+    result: str | None  # JSON text
+    error: str | None
+    attempts: int
+    max_attempts: int
+    line: int | None = None  # where it was read (a file's line, a list's index + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportConflict:
+    """A key that exists in another state than the one imported (it was kept)."""
+
+    key: str
+    line: int | None
+    existing: JobState
+    imported: JobState
+
+
+#: Conflicts (and rejected records) an `ImportResult` lists; its counts are exact.
+MAX_IMPORT_LISTED = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What an import did (or, with ``dry_run``, would do).
+
+    ``new`` counts the jobs created, by the state they were created in. A key that already
+    existed is never changed: it is ``unchanged`` when it is in the imported state (or the
+    import said planned: the job is there already), otherwise a conflict. ``rejected``
+    counts records that could not become jobs (filled in by the reader, not the store).
+    The lists hold the first `MAX_IMPORT_LISTED` of each.
+    """
+
+    new: Mapping[JobState, int] = field(default_factory=dict)
+    unchanged: int = 0
+    conflicts: int = 0
+    conflicts_listed: tuple[ImportConflict, ...] = ()
+    rejected: int = 0
+    rejected_listed: tuple[tuple[int, str], ...] = ()  # (line, reason)
+    dry_run: bool = False
+
+    @property
+    def total_new(self) -> int:
+        return sum(self.new.values())
+
+    def merged(self, other: ImportResult) -> ImportResult:
+        """Both results' counts added, their lists joined (still bounded)."""
+        new = dict(self.new)
+        for state, n in other.new.items():
+            new[state] = new.get(state, 0) + n
+        return ImportResult(
+            new=new, unchanged=self.unchanged + other.unchanged,
+            conflicts=self.conflicts + other.conflicts,
+            conflicts_listed=(self.conflicts_listed + other.conflicts_listed
+                              )[:MAX_IMPORT_LISTED],
+            rejected=self.rejected + other.rejected,
+            rejected_listed=(self.rejected_listed + other.rejected_listed)[:MAX_IMPORT_LISTED],
+            dry_run=self.dry_run or other.dry_run)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "new": {s.value: self.new.get(s, 0) for s in JobState if s is not JobState.LEASED},
+            "unchanged": self.unchanged,
+            "conflicts": self.conflicts,
+            "conflicts_listed": [{"key": c.key, "line": c.line, "existing": c.existing.value,
+                                  "imported": c.imported.value}
+                                 for c in self.conflicts_listed],
+            "rejected": self.rejected,
+            "rejected_listed": [{"line": line, "reason": reason}
+                                for line, reason in self.rejected_listed],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    """Create jobs in a given state (bringing in an existing pipeline's state).
+
+    A key that exists is never changed (see `ImportResult`). With ``dry_run`` nothing is
+    written and the result says what would be. ``token`` names this message as a
+    `Submit`'s does: its rows remember it, so a redelivered Import counts them as new
+    again, not as unchanged.
+    """
+
+    jobs: tuple[ImportJob, ...]
+    dry_run: bool = False
+    reply: Reply[ImportResult] | None = None
     token: int = field(default_factory=lambda: _TOKENS.getrandbits(62))
 
 
@@ -193,9 +309,14 @@ class Wake:
 
 @dataclass(frozen=True, slots=True)
 class Renew:
-    """Extend leases: each item is ``(job_id, fence, lease_seconds)``. Batched."""
+    """Extend leases: each item is ``(job_id, fence, lease_seconds)``. Batched.
+
+    The reply, when asked for, is `Accepted`, or `NotRenewed` naming the leases the store
+    no longer held (their owner stops working on them: `syncward.actors.attempts`).
+    """
 
     items: tuple[tuple[int, int, float], ...]
+    reply: Reply[Accepted | Rejected] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +359,7 @@ class Outcome:
     error: str | None = None
     retry_at: float | None = None
     reply: Reply[Accepted | Rejected] | None = None
+    hold_key: bool = False  # RETRY: hold back the job's whole limit key until retry_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +389,63 @@ class Requeue:
     keys: tuple[str, ...] | None = None  # None: every job in ``state``
     decided_at: float = field(default_factory=time.time)
     reply: Reply[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """What a `Cancel` did: planned and leased jobs skipped, and the given keys it left.
+
+    ``leases`` are the ``(job id, fence)`` of the leases it ended: their owners cancel
+    the handlers (see `syncward.actors.attempts`). ``finished``: given keys whose job had
+    already ended (left alone); ``other_state``: given keys whose job is active but not
+    in the state asked for; ``not_found``: given keys with no job.
+    """
+
+    planned: int = 0
+    leased: int = 0
+    leases: tuple[tuple[int, int], ...] = ()
+    finished: tuple[str, ...] = ()
+    other_state: tuple[str, ...] = ()
+    not_found: tuple[str, ...] = ()
+
+    @property
+    def cancelled(self) -> int:
+        return self.planned + self.leased
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cancelled": self.cancelled, "planned": self.planned, "leased": self.leased,
+                "running": [{"job_id": i, "fence": f} for i, f in self.leases],
+                "finished": list(self.finished), "other_state": list(self.other_state),
+                "not_found": list(self.not_found)}
+
+
+#: What a cancelled job's ``last_error`` says, and what ended its lease.
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel jobs: a planned one becomes skipped; a leased one becomes skipped and its
+    lease ends (``ended_by`` "cancelled"), so its owner's later stages, effects, outcome
+    and renewals are rejected as stale. Terminal jobs are left alone; effects committed
+    before stay committed.
+
+    ``keys`` names the jobs (None: every job in ``state``); ``state`` is planned or
+    leased (None: both). Without keys, only jobs created at or before ``decided_at`` are
+    cancelled, so a redelivered Cancel cannot cancel a job submitted after it.
+
+    Raises:
+        ValueError: ``state`` is not planned, leased or None.
+    """
+
+    keys: tuple[str, ...] | None = None
+    state: JobState | None = None
+    reply: Reply[CancelResult] | None = None
+    decided_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.state is not None and self.state not in (JobState.PLANNED, JobState.LEASED):
+            raise ValueError(f"cancel: state must be planned or leased, got {self.state}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +586,8 @@ SyncerMsg: TypeAlias = (
     | Reconcile
     | SetMeta
     | Wake
+    | Import
+    | Cancel
 )
 
 
@@ -418,11 +599,14 @@ class LeaseOrder:
     owner: str
     boot_id: str
     default_lease_seconds: float
+    limits: Mapping[str, LimitRule] | None = None  # by limit name; None: no limits declared
 
 
 #: What applying one message gives (see `settle` for which message gets which).
 Result: TypeAlias = (
     Accepted | Rejected | SubmitResult | EffectResult | ReconcileReport | int | str
+    | ImportResult
+    | CancelResult
 )
 
 
@@ -435,6 +619,7 @@ class ApplyResult:
     leased: list[Job]
     counts: dict[JobState, int] | None = None  # the store's totals, when a Recount asked
     checked: dict[JobState, int] | None = None  # its rows counted, when a check asked
+    wake_at: float | None = None  # a limited lease: when a held-back key may start again
 
 
 def settle(msg: SyncerMsg, result: Result) -> None:
@@ -458,6 +643,12 @@ def settle(msg: SyncerMsg, result: Result) -> None:
             text.set(_expect(result, str, msg))
         case Reconcile(reply=Reply() as report):
             report.set(_expect(result, ReconcileReport, msg))
+        case Import(reply=Reply() as imported):
+            imported.set(_expect(result, ImportResult, msg))
+        case Cancel(reply=Reply() as cancelled):
+            cancelled.set(_expect(result, CancelResult, msg))
+        case Renew(reply=Reply() as renewed):
+            renewed.set(_expect(result, Accepted | Rejected, msg))
         case _:
             pass  # no reply asked for
 
@@ -479,6 +670,12 @@ def refuse(msg: SyncerMsg, error: Exception) -> None:
                 reply=Reply() as other) | RegisterWorker(reply=Reply() as other) | SetMeta(
                 reply=Reply() as other) | Reconcile(reply=Reply() as other):
             other.fail(error)
+        case Import(reply=Reply() as imported):
+            imported.fail(error)
+        case Cancel(reply=Reply() as cancelled):
+            cancelled.fail(error)
+        case Renew(reply=Reply() as renewed):
+            renewed.set(rejected)
         case _:
             pass
 

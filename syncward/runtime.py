@@ -16,7 +16,7 @@ boot's worker from the store's atomic counter, then start the tree::
 
     root (rest-for-one): syncer, stats-keeper, lease-reaper, the store's housekeeping
                          (SQLite: checkpointer; PostgreSQL: liveness keeper),
-                         status-publisher, reconciler, pool, sources...
+                         status-publisher, reconciler, pool, sources..., scheduler
     pool (one-for-one):  downloader-1..N, lease-renewer
 
 Leaving drains: leasing stops, downloaders finish the job in hand within ``grace``
@@ -25,11 +25,18 @@ mailbox, the store is closed. If the root supervisor gives up, leaving raises it
 `SupervisorGaveUp`, whose ``__cause__`` chain holds the crash that started it.
 
 Operating it while it runs (what the web app and ``syncward status`` use): `health`,
-`reconcile`, `retry_failed`, `refresh_stats`, `pause`/`resume`, `in_hand` (jobs in the
+`reconcile`, `retry_failed`, `cancel`, `refresh_stats`, `pause`/`resume`, `in_hand` (jobs in the
 downloaders' hands, with ``ctx.progress``) and `reconciliations` (start-up, then every
 ``reconcile_every`` seconds on an exclusive store, and whenever a shared store's keeper
 sees another boot die). `add_observer` attaches instrumentation (metrics); without one
 the hot path pays nothing for it.
+
+``schedules`` (`syncward.Schedule`: cron expressions) make the scheduler actor submit
+each tick as a job keyed by the schedule's name and the tick's time, so a tick runs once
+across processes and restarts (see `syncward.schedules`, `syncward.actors.scheduler`);
+`schedule_board` shows what each is doing. A runtime with schedules never runs out of
+work for good: `join` still returns when the work there is now is done (a tick not yet
+due is not work), so a program that serves its schedules waits for its own stop signal.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from syncward.actors.attempts import Attempts
 from syncward.actors.downloader import Downloader, Handler
 from syncward.actors.lease_reaper import LeaseReaper
 from syncward.actors.lease_renewer import LeaseRenewer
@@ -60,6 +68,7 @@ from syncward.actors.reconciler import (
     Reconciler,
     Tracked,
 )
+from syncward.actors.scheduler import ScheduleBoard, Scheduler
 from syncward.actors.stats_keeper import Stats, StatsKeeper, StatsSnapshot
 from syncward.actors.syncer import LeaseControl, StatsUpdate, Syncer, SyncerConfig, SyncerHealth
 from syncward.adapters.base import ReconcileHook
@@ -82,8 +91,11 @@ from syncward.health import (
     notable_workers,
 )
 from syncward.jobs import Job, JobSpec, JobState, keyed_identity
+from syncward.limits import Limit, limit_key_of, rules_of
 from syncward.messages import (
     Accepted,
+    Cancel,
+    CancelResult,
     FinishRun,
     NewJob,
     Reconcile,
@@ -106,6 +118,7 @@ from syncward.messages import (
 from syncward.operations import InHand, RetryResult, RuntimeObserver, StatsRefresh, fan_out
 from syncward.report import Report, build_report
 from syncward.retry import RetryPolicy
+from syncward.schedules import Schedule
 from syncward.store import Liveness, Store, WorkerRow, open_store
 from syncward.supervisor import (
     Actor,
@@ -121,6 +134,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from syncward.adapters.base import Source
+    from syncward.imports import ImportRecord
+    from syncward.messages import ImportResult
     from syncward.testing.faults import Faults
 
 __all__ = ["ReconcileHook", "Runtime", "RuntimeStatus"]
@@ -146,9 +161,11 @@ class RuntimeStatus:
     reconcile: dict[str, Any] | None = None
     mailboxes: dict[str, dict[str, object]] = field(default_factory=dict)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schedules: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
-def _to_new_job(spec: JobSpec | dict[str, Any], max_attempts: int, line: int | None) -> NewJob:
+def _to_new_job(spec: JobSpec | dict[str, Any], max_attempts: int, line: int | None,
+                limits: tuple[Limit, ...] = ()) -> NewJob:
     import json
 
     if isinstance(spec, dict):
@@ -160,10 +177,12 @@ def _to_new_job(spec: JobSpec | dict[str, Any], max_attempts: int, line: int | N
         payload=json.dumps(dict(spec.payload)),
         max_attempts=spec.max_attempts if spec.max_attempts is not None else max_attempts,
         lease_seconds=spec.lease_seconds, timeout=spec.timeout, line=line,
+        priority=spec.priority, limit_key=limit_key_of(limits, spec) if limits else None,
     )
 
 
 _MAX_ATTEMPTS_LIMIT = 1_000_000
+_PRIORITY_LIMIT = 1_000_000_000  # seconds of waiting: about 31 years
 _SECONDS_LIMIT = 366 * 24 * 3600.0
 
 
@@ -178,6 +197,11 @@ def _check_limits(spec: JobSpec) -> None:
             or not 1 <= spec.max_attempts <= _MAX_ATTEMPTS_LIMIT):
         raise InvalidJob(f"must be an int from 1 to {_MAX_ATTEMPTS_LIMIT}, "
                          f"got {spec.max_attempts!r}", field="max_attempts")
+    p = spec.priority
+    if (isinstance(p, bool) or not isinstance(p, int)
+            or not -_PRIORITY_LIMIT <= p <= _PRIORITY_LIMIT):
+        raise InvalidJob(f"must be an int from -{_PRIORITY_LIMIT} to {_PRIORITY_LIMIT}, "
+                         f"got {p!r}", field="priority")
     for name in ("lease_seconds", "timeout"):
         value = getattr(spec, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
@@ -218,6 +242,8 @@ class Runtime:
         faults: Faults | None = None,
         reconcile_every: float | None = 10.0,
         health_policy: HealthPolicy | None = None,
+        schedules: Sequence[Schedule] = (),
+        limits: Sequence[Limit] = (),
     ) -> None:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
@@ -248,8 +274,20 @@ class Runtime:
         self.mailbox_size = mailbox_size
         self.reconcile_hooks = tuple(reconcile_hooks)
         self.sources = tuple(sources)
+        self.limits = tuple(limits)
+        if not all(isinstance(limit, Limit) for limit in self.limits):
+            raise ConfigError("limits must be syncward.Limit objects")
+        if len({limit.name for limit in self.limits}) != len(self.limits):
+            raise ConfigError("limits need distinct names")
         if len({src.name for src in self.sources}) != len(self.sources):
             raise ConfigError("sources need distinct names")
+        self.schedules = tuple(schedules)
+        if not all(isinstance(s, Schedule) for s in self.schedules):
+            raise ConfigError("schedules must be syncward.Schedule objects")
+        if len({s.name for s in self.schedules}) != len(self.schedules):
+            raise ConfigError("schedules need distinct names")
+        #: What each schedule is doing (see `syncward.actors.scheduler`).
+        self.schedule_board = ScheduleBoard([s.name for s in self.schedules])
         self.clock: Clock = clock or SystemClock()
         self.faults = faults
         self.boot_id = uuid.uuid4().hex
@@ -353,9 +391,11 @@ class Runtime:
 
     def _build(self) -> None:
         self._control = LeaseControl(owner=self.worker, boot_id=self.boot_id,
-                                     default_lease_seconds=self.lease_seconds)
+                                     default_lease_seconds=self.lease_seconds,
+                                     limits=rules_of(self.limits) if self.limits else None)
         self._syncer_mb: Mailbox[SyncerMsg] = Mailbox("syncer", self.mailbox_size)
         self._work_mb: Mailbox[Job] = Mailbox("work", self.concurrency + self.prefetch)
+        self._attempts = Attempts(self._work_mb)
         self._stats_mb: Mailbox[StatsUpdate] = Mailbox("stats", self.mailbox_size)
         self._reconcile_mb: Mailbox[Tracked] = Mailbox("reconciler", 64)
         self._pool: DownloaderPool | None = None
@@ -380,6 +420,8 @@ class Runtime:
                           shutdown_timeout=self.grace + 5.0),
                 *(ChildSpec(id=f"source-{src.name}", factory=self._source_factory(src))
                   for src in self.sources),
+                *([ChildSpec(id="scheduler", factory=self._new_scheduler)]
+                  if self.schedules else []),
             ],
         )
 
@@ -397,8 +439,18 @@ class Runtime:
             store=self.store, mailbox=self._syncer_mb, work=self._work_mb,
             stats=self._stats_mb, health=self._health, control=self._control,
             clock=self.clock, config=self.syncer_config, faults=self.faults,
-            observer=fan_out(self._observers), on_fatal=self._store_failing)
+            observer=fan_out(self._observers), on_fatal=self._store_failing,
+            on_ended=self._cancelled)
         return self._syncer
+
+    def _cancelled(self, leases: Sequence[tuple[int, int]]) -> None:
+        """A committed `Cancel` ended these leases: stop this process's work under them."""
+        self._attempts.end(leases, "cancelled")
+
+    def _new_scheduler(self) -> Scheduler:
+        return Scheduler(schedules=self.schedules, board=self.schedule_board,
+                         clock=self.clock, syncer=self._syncer_mb, submit=self.submit,
+                         get_meta=self.store.get_meta, faults=self.faults)
 
     def _store_failing(self, failing: StoreFailing) -> None:
         """The store's environment failed (a full disk, ...): stop at once, as `kill` does
@@ -439,7 +491,8 @@ class Runtime:
         inner = Supervisor(name="pool", children=children, strategy=RestartStrategy.ONE_FOR_ONE,
                            intensity=self.intensity, clock=self.clock, on_event=self._on_event)
         self._pool = DownloaderPool(supervisor=inner, work=self._work_mb,
-                                    syncer=self._syncer_mb, closing=lambda: self._closing)
+                                    syncer=self._syncer_mb, closing=lambda: self._closing,
+                                    attempts=self._attempts)
         return self._pool
 
     def _redeliver(self, name: str) -> Any:
@@ -450,14 +503,15 @@ class Runtime:
             downloader = Downloader(name=name, handler=self.handler, work=self._work_mb,
                                     syncer=self._syncer_mb, store=self.store, clock=self.clock,
                                     retry=self.retry, default_timeout=self.job_timeout,
-                                    faults=self.faults)
+                                    faults=self.faults, attempts=self._attempts)
             self._downloaders[name] = downloader
             return downloader
         return factory
 
     def _new_renewer(self) -> LeaseRenewer:
         return LeaseRenewer(work=self._work_mb, syncer=self._syncer_mb, clock=self.clock,
-                            default_lease_seconds=self.lease_seconds, control=self._control)
+                            default_lease_seconds=self.lease_seconds, control=self._control,
+                            attempts=self._attempts)
 
     def _on_event(self, event: SupervisorEvent) -> None:
         if event.kind not in ("restarted", "gave_up"):
@@ -509,7 +563,8 @@ class Runtime:
             # One message and one wait: the shape of an embedding app's submit per
             # request, which the streaming path below (an async generator, chunking, a
             # window of replies) made cost twice a job's own commit.
-            jobs = tuple(_to_new_job(spec, self.max_attempts, None) for spec in specs)
+            jobs = tuple(_to_new_job(spec, self.max_attempts, None, self.limits)
+                         for spec in specs)
             reply: Reply[SubmitResult] = Reply()
             await self._syncer_mb.send(Submit(jobs, reply=reply,
                                               on_commit=self._submit_timer()))
@@ -545,7 +600,7 @@ class Runtime:
 
         chunk: list[NewJob] = []
         async for line, spec in entries:
-            chunk.append(_to_new_job(spec, self.max_attempts, line))
+            chunk.append(_to_new_job(spec, self.max_attempts, line, self.limits))
             if len(chunk) >= _SUBMIT_CHUNK:
                 await flush(chunk)
                 chunk = []
@@ -555,6 +610,26 @@ class Runtime:
             res = await reply.wait()
             new, dup = new + res.new, dup + res.duplicates
         return SubmitResult(new=new, duplicates=dup)
+
+    async def import_jobs(self, records: Iterable[ImportRecord | dict[str, Any]]
+                          | AsyncIterable[ImportRecord | dict[str, Any]], *,
+                          dry_run: bool = False) -> ImportResult:
+        """Create jobs in the states ``records`` give (bring in an existing pipeline's
+        state); returns after every chunk is committed.
+
+        A record is an `ImportRecord` or its dict form ``{"identity": {...}, "state":
+        "succeeded", "result": ..., "error": ..., "attempts": n}`` (see
+        `syncward.imports`); keys are a submit's, so a manifest run later finds them. A
+        key that exists is never changed: it counts as unchanged or as a conflict. A
+        record that cannot become a job is counted and listed as rejected (its "line" is
+        its position, from 1), never raised. With ``dry_run`` nothing is written.
+        Raises:
+            MailboxClosed: the runtime is stopping.
+        """
+        from syncward.adapters.importer import record_chunks, run_import
+
+        return await run_import(record_chunks(records, _SUBMIT_CHUNK), self._syncer_mb.send,
+                                max_attempts=self.max_attempts, dry_run=dry_run)
 
     async def start_run(self, source: str, options: dict[str, Any]) -> int:
         """Record a run (a manifest being submitted); returns its id."""
@@ -585,7 +660,8 @@ class Runtime:
 
         Counts come from the stats-keeper, which sees every commit's deltas in order; the
         syncer sends them before it answers anyone, so work submitted before `join` is
-        counted by the time the stats mailbox is empty.
+        counted by the time the stats mailbox is empty. Schedules' future ticks are not
+        waited for: with ``schedules``, `join` returns between ticks.
         """
         if self.store.liveness is Liveness.SHARED:
             return await self._join_shared()
@@ -637,6 +713,8 @@ class Runtime:
             mailboxes={mb.name: _mb_dict(mb) for mb in
                        (self._syncer_mb, self._work_mb, self._stats_mb)},
             sources={src.name: src.status() for src in self.sources},
+            schedules={name: state.as_dict()
+                       for name, state in self.schedule_board.snapshot().items()},
         )
 
     async def _publish(self, status: dict[str, Any] | None) -> None:
@@ -651,7 +729,8 @@ class Runtime:
         return {"at": now, "pid": os.getpid(), "worker": st.worker,
                 "boot_id": st.boot_id, "syncer": st.syncer, "restarts": st.restarts[-20:],
                 "restarts_total": len(st.restarts), "mailboxes": st.mailboxes,
-                "sources": st.sources, "stats": st.stats.as_dict(),
+                "sources": st.sources, "schedules": st.schedules,
+                "stats": st.stats.as_dict(),
                 "health": {"ok": not reasons, "reasons": list(reasons)},
                 "paused": self.paused, "stats_loaded_at": self._stats_loaded_at(),
                 "in_hand": [j.as_dict() for j in self.in_hand()[:_PUBLISHED_IN_HAND]],
@@ -751,6 +830,33 @@ class Runtime:
         await self._syncer_mb.send(Requeue(state=JobState.FAILED, keys=wanted,
                                            decided_at=self.clock.now(), reply=reply))
         return RetryResult(requeued=await reply.wait(), not_requeued=skipped)
+
+    async def cancel(self, keys: Sequence[str] | None = None, *,
+                     state: JobState | str | None = None) -> CancelResult:
+        """Cancel jobs: these keys, or every job in ``state`` (planned or leased); returns
+        after the commit.
+
+        A planned job becomes skipped. A leased one becomes skipped and its lease ends:
+        a handler of this runtime running it is cancelled (it sees cancellation at its
+        next await) before this returns, and a job waiting for a downloader never starts;
+        on a shared store, a runtime of another process stops its handler when its next
+        renewal is refused (see `syncward.actors.attempts`). Effects committed before stay
+        committed; jobs already finished are left alone (``finished``).
+        Raises:
+            InvalidJob: a key is not a job key (64 hex digits).
+            ConfigError: neither keys nor a state, or a state other than planned/leased.
+            MailboxClosed: the runtime is stopping.
+        """
+        wanted = None if keys is None else tuple(dict.fromkeys(_job_key_arg(k) for k in keys))
+        wanted_state = _cancel_state(state)
+        if wanted is None and wanted_state is None:
+            raise ConfigError("cancel: give job keys, or a state (planned or leased)")
+        if wanted == ():
+            return CancelResult()
+        reply: Reply[CancelResult] = Reply()
+        await self._syncer_mb.send(Cancel(keys=wanted, state=wanted_state, reply=reply,
+                                          decided_at=self.clock.now()))
+        return await reply.wait()
 
     async def refresh_stats(self) -> StatsRefresh:
         """Recount now: the rows are counted inside a commit and compared with the kept
@@ -879,6 +985,12 @@ class _SourcePort:
     def clock(self) -> Clock:
         return self._rt.clock
 
+    def limit_key(self, identity: dict[str, Any], payload: dict[str, Any]) -> str | None:
+        limits = self._rt.limits
+        if not limits:
+            return None
+        return limit_key_of(limits, JobSpec(identity=identity, payload=payload))
+
     async def send(self, msg: SyncerMsg) -> None:
         await self._rt.send(msg)
 
@@ -899,6 +1011,23 @@ def _job_key_arg(key: object) -> str:
     if not _KEY.fullmatch(text):
         raise InvalidJob(f"not a job key (64 hex digits): {str(key)[:80]!r}", field="keys")
     return text
+
+
+def _cancel_state(state: JobState | str | None) -> JobState | None:
+    """``state`` of `Runtime.cancel`: planned, leased or None.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    if state is None:
+        return None
+    try:
+        value = JobState(state)
+    except ValueError:
+        value = None
+    if value not in (JobState.PLANNED, JobState.LEASED):
+        raise ConfigError(f"cancel: state must be planned or leased, got {state!r}")
+    return value
 
 
 def _mb_dict(mb: Mailbox[Any]) -> dict[str, object]:

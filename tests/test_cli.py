@@ -194,6 +194,7 @@ def run_json(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     (("report",), ["--db", "--run", "--manifest", "--json", "stats_drift"]),
     (("reconcile",), ["--db", "--dry-run", "--json"]),
     (("retry",), ["--db", "--state", "--key"]),
+    (("cancel",), ["KEY", "--db", "--state", "--json", "Exits 1"]),
 ])
 def test_every_command_has_complete_help(command: tuple[str, ...], needles: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command, "--help"])
@@ -309,6 +310,43 @@ def test_failed_jobs_exit_1_and_retry_requeues_them(tmp_path: Path,
     one_line_error(invoke(tmp_path, monkeypatch, "retry", "--key", "xyz"), "64 hex")
 
 
+def test_cancel_skips_planned_jobs_by_key_and_by_state(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from syncward import Runtime
+
+    async def seed() -> None:  # five planned jobs, one succeeded
+        async def ok(job: Any, ctx: Any) -> None: ...
+
+        async with Runtime(ok, store=f"sqlite:///{tmp_path / 'jobs.db'}") as rt:
+            await rt.submit([{"id": "done"}])
+            await rt.join()
+            rt.pause()
+            await rt.submit([{"id": i} for i in range(5)])
+
+    anyio.run(seed)
+    one, done, nobody = job_key({"id": 0}), job_key({"id": "done"}), job_key({"id": "x"})
+    result = syncward(tmp_path, "cancel", one.upper(), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "cancelled": 1, "planned": 1, "leased": 0, "running": [], "finished": [],
+        "other_state": [], "not_found": []}
+    left = invoke(tmp_path, monkeypatch, "cancel", one, done, nobody)
+    assert left.returncode == 1
+    assert "cancelled 0 job(s)" in left.stdout
+    assert f"not cancelled (already finished): {done}" in left.stderr
+    assert f"not cancelled (no such job): {nobody}" in left.stderr
+    rest = invoke(tmp_path, monkeypatch, "cancel", "--state", "planned")
+    assert rest.returncode == 0 and "cancelled 4 job(s): 4 planned, 0 leased" in rest.stdout
+    assert state_counts(tmp_path) == {**dict.fromkeys(STATES, 0), "succeeded": 1,
+                                      "skipped": 5}
+    skipped = read(tmp_path, lambda store: store.jobs_in_state(JobState.SKIPPED))
+    assert {job.last_error for job in skipped} == {"cancelled"}
+    one_line_error(invoke(tmp_path, monkeypatch, "cancel", "xyz"), "64 hex")
+    one_line_error(invoke(tmp_path, monkeypatch, "cancel"), "KEY", "--state")
+    bad_state = invoke(tmp_path, monkeypatch, "cancel", "--state", "failed")
+    assert bad_state.returncode == 2 and "'failed' is not one of" in bad_state.stderr
+
+
 def test_report_against_a_manifest_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                         ) -> None:
     (tmp_path / "m.txt").write_text("a\nb\n")
@@ -416,6 +454,7 @@ def test_a_store_held_by_a_runtime_is_refused_but_readable(
         one_line_error(result, "in use by another runtime", f"pid {os.getpid()}")
         one_line_error(invoke(tmp_path, monkeypatch, "reconcile"), "in use")
         one_line_error(invoke(tmp_path, monkeypatch, "retry"), "in use")
+        one_line_error(invoke(tmp_path, monkeypatch, "cancel", "--state", "planned"), "in use")
         status = invoke(tmp_path, monkeypatch, "status", "--json")
         assert status.returncode == 0, status.stderr
         assert json.loads(status.stdout)["counts"]["succeeded"] == 1

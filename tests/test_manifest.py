@@ -118,9 +118,14 @@ def test_jsonl_lines_and_their_reasons(tmp_path: Path) -> None:
         '{"identity": {}}',
         "",
         '{"identity": {"id": "two", "n": 2}}',
+        '{"identity": {"id": 4}, "priority": 60}',
+        '{"identity": {"id": 5}, "priority": 1.5}',
+        '{"identity": {"id": 6}, "priority": true}',
     ]
     items = read(write(tmp_path, "m.jsonl", "\n".join(lines) + "\n"))
-    assert entries(items) == [(1, {"id": 1}, {"url": "u"}), (11, {"id": "two", "n": 2}, {})]
+    assert entries(items) == [(1, {"id": 1}, {"url": "u"}), (11, {"id": "two", "n": 2}, {}),
+                              (12, {"id": 4}, {})]
+    assert [i.spec.priority for i in items if isinstance(i, Entry)] == [0, 0, 60]
     assert rejections(items) == [
         (2, "not valid JSON: Expecting value: line 1 column 1 (char 0)"),
         (3, "invalid job: field 'id': must be str or int, got float 1.5 "
@@ -129,8 +134,11 @@ def test_jsonl_lines_and_their_reasons(tmp_path: Path) -> None:
         (5, 'no "identity" field'),
         (6, '"identity" must be an object, got a string'),
         (7, '"payload" must be an object, got an array'),
-        (8, "unknown field(s) 'extra': expected \"identity\" and optional \"payload\""),
+        (8, "unknown field(s) 'extra': expected \"identity\" and optional \"payload\", "
+            "\"priority\""),
         (9, "invalid job: identity is empty"),
+        (13, '"priority" must be an integer from -1000000000 to 1000000000, got 1.5'),
+        (14, '"priority" must be an integer from -1000000000 to 1000000000, got True'),
     ]
     assert next(i for i in items if isinstance(i, Rejection)).raw == "not json"
 

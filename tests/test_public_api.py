@@ -11,10 +11,12 @@ import syncward
 
 EXPECTED = {
     "syncward": {
-        "Clock", "ConfigError", "Context", "Handler", "IllegalTransition", "InvalidJob", "Job",
-        "JobSpec", "JobState", "LeaseLost", "Permanent", "RestartIntensity", "Retry",
-        "RetryPolicy", "Runtime", "Skip", "StatsSnapshot", "StoreLocked", "SubmitResult",
-        "SupervisorGaveUp", "SyncerConfig", "SyncwardError", "SystemClock", "job_key", "op_key",
+        "CancelResult", "Clock", "ConfigError", "Context", "Handler", "IllegalTransition",
+        "InvalidJob", "Job", "JobSpec", "JobState", "LeaseLost", "Limit", "Permanent",
+        "RestartIntensity", "Retry", "RetryPolicy", "Runtime", "Schedule", "Skip",
+        "StageError", "StatsSnapshot", "StoreLocked",
+        "SubmitResult", "SupervisorGaveUp", "SyncerConfig", "SyncwardError", "SystemClock",
+        "job_key", "op_key", "stages",
     },
     "syncward.supervisor": {
         "Actor", "ChildSpec", "ExitReason", "Restart", "RestartIntensity", "RestartStrategy",

@@ -11,13 +11,22 @@ but by the pool's `LeaseRenewer`, from its own task, whatever the handler is doi
 
 Outcomes: a JSON-serialisable return value is success; `Retry` or any other exception
 is retryable (back-off with jitter; failed once attempts are exhausted, decided at
-commit); `Permanent` fails at once; `Skip` skips. A per-job timeout (the job's own, or
-the runtime's default) turns a hung handler into a retryable failure.
+commit); `Permanent` fails at once; `Skip` skips; a `StageError` (a stage the handler's
+declared order refuses, see `syncward.stage_order`) fails at once, as a programming
+error. A per-job timeout (the job's own, or the runtime's default) turns a hung handler
+into a retryable failure.
+
+Ended leases: a lease can end under an attempt without the handler's doing (a `Cancel`
+committed, or the store rejected its renewal: see `syncward.actors.attempts`). The
+attempt's cancel scope is then cancelled — the handler sees cancellation at its next
+await — and no outcome is sent (it could only be rejected as stale); a job whose lease
+ended while it waited in the work mailbox is never started.
 
 Design note: the per-job timeout uses `asyncio.timeout` rather than an anyio cancel
 scope: the runtime runs on asyncio (or uvloop) only, and on the hot path of a no-op job
-the anyio scope cost a tenth of the job's CPU. The downloader's own stop is still an
-anyio scope, one per incarnation.
+the anyio scope cost a tenth of the job's CPU. That `asyncio.Timeout` (with no deadline
+when the job has none) is also the attempt's cancel scope for an ended lease. The
+downloader's own stop is still an anyio scope, one per incarnation.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import anyio
 import anyio.to_thread
 
-from syncward.errors import LeaseLost, MailboxClosed, Permanent, Retry, Skip
+from syncward.errors import LeaseLost, MailboxClosed, Permanent, Retry, Skip, StageError
 from syncward.jobs import Job, op_key
 from syncward.messages import (
     Accepted,
@@ -46,11 +55,14 @@ from syncward.messages import (
     Stage,
     SyncerMsg,
 )
+from syncward.stage_order import declared_stages
 
 if TYPE_CHECKING:
+    from syncward.actors.attempts import Attempt, Attempts
     from syncward.actors.mailbox import Mailbox
     from syncward.clock import Clock
     from syncward.retry import RetryPolicy
+    from syncward.stage_order import StageOrder
     from syncward.store.base import StoreReader
     from syncward.testing.faults import Faults
 
@@ -67,24 +79,39 @@ class Context:
     outside tests (``syncward.testing`` has helpers).
     """
 
-    def __init__(self, job: Job, *, syncer: Mailbox[SyncerMsg], store: StoreReader) -> None:
+    def __init__(self, job: Job, *, syncer: Mailbox[SyncerMsg], store: StoreReader,
+                 stages: StageOrder | None = None) -> None:
         self.job = job
         self._syncer = syncer
         self._store = store
+        self._stages = stages
+        self._stage = job.stage
         self.progress_done: float = 0
         self.progress_total: float | None = None
+
+    @property
+    def current_stage(self) -> str | None:
+        """The job's stage now: the one it was leased with, or the last this attempt committed."""
+        return self._stage
 
     async def stage(self, name: str) -> None:
         """Commit a milestone; returns after commit. A retried job sees it as ``job.stage``.
 
+        If the handler declared its stages (`syncward.stages`), ``name`` must be declared
+        and not before the current stage; the current stage again does nothing.
         Raises:
+            StageError: refused by the declared order; nothing was sent or committed.
             LeaseLost: this attempt's lease is gone; stop working on the job.
         """
+        if self._stages is not None and not self._stages.check(name, self._stage,
+                                                                 job=self.job.key):
+            return
         reply: Reply[Accepted | Rejected] = Reply()
         await self._syncer.send(Stage(self.job.id, self.job.fence, name, reply))
         result = await reply.wait()
         if isinstance(result, Rejected):
             raise LeaseLost(self.job.key, result.reason)
+        self._stage = name
 
     async def effect(self, kind: str, fn: Callable[[], Any], /, **context: str | int) -> Any:
         """Run a side effect at most once per op key and return its committed JSON result.
@@ -158,9 +185,12 @@ class Downloader:
 
     def __init__(self, *, name: str, handler: Handler, work: Mailbox[Job],
                  syncer: Mailbox[SyncerMsg], store: StoreReader, clock: Clock, retry: RetryPolicy,
-                 default_timeout: float | None, faults: Faults | None = None) -> None:
+                 default_timeout: float | None, faults: Faults | None = None,
+                 attempts: Attempts | None = None) -> None:
         self.name = name
         self.handler = handler
+        self.stages = declared_stages(handler)
+        self.attempts = attempts
         self.work = work
         self.syncer = syncer
         self.store = store
@@ -193,25 +223,42 @@ class Downloader:
                     self.faults.check("downloader.before_outcome")
                 # The job stays in flight until its outcome is in the syncer's mailbox (a send
                 # with room does not yield, so the syncer never sees the gap between the two).
-                await self.syncer.send(outcome)
+                if outcome is not None:  # None: its lease ended under it (nothing to say)
+                    await self.syncer.send(outcome)
                 self.work.ack(self.name)
                 self._busy = False
 
-    async def _attempt(self, job: Job) -> Outcome:
-        ctx = Context(job, syncer=self.syncer, store=self.store)
+    async def _attempt(self, job: Job) -> Outcome | None:
+        attempts = self.attempts
+        attempt = attempts.start(job) if attempts is not None else None
+        if attempts is not None and attempt is None:
+            return None  # its lease ended while it waited: never started
+        try:
+            outcome = await self._run_handler(job, attempt)
+        finally:
+            if attempt is not None:
+                attempts.finish(attempt)  # type: ignore[union-attr]
+        if attempt is not None and attempt.ended is not None:
+            return None  # cancelled, or the lease was lost: an outcome would be stale
+        return outcome
+
+    async def _run_handler(self, job: Job, attempt: Attempt | None) -> Outcome:
+        ctx = Context(job, syncer=self.syncer, store=self.store, stages=self.stages)
         self.current = ctx
         timeout = job.timeout if job.timeout is not None else self.default_timeout
         if self.faults is not None:
             self.faults.check("downloader.before_handler")  # a crash of ours, not the handler's
         try:
-            if timeout is None:
+            if attempt is None and timeout is None:
                 value = await self.handler(job, ctx)
             else:
                 async with asyncio.timeout(timeout) as limit:
+                    if attempt is not None:
+                        attempt.enter(limit)
                     value = await self.handler(job, ctx)
         except Retry as exc:
             after = exc.after if exc.after is not None else self.retry.delay(job.attempt)
-            return self._retry(job, f"Retry: {exc.reason}", after)
+            return self._retry(job, f"Retry: {exc.reason}", after, hold_key=exc.hold_key)
         except TimeoutError as exc:
             if timeout is not None and limit.expired():
                 return self._retry(job, f"timed out after {timeout:g}s",
@@ -219,6 +266,8 @@ class Downloader:
             return self._retry(job, _describe(exc), self.retry.delay(job.attempt))
         except Permanent as exc:
             return Outcome(job.id, job.fence, OutcomeKind.FAILED, error=f"Permanent: {exc.reason}")
+        except StageError as exc:  # a programming error: retrying would meet it again
+            return Outcome(job.id, job.fence, OutcomeKind.FAILED, error=f"StageError: {exc}")
         except Skip as exc:
             return Outcome(job.id, job.fence, OutcomeKind.SKIPPED, error=f"Skip: {exc.reason}")
         except Exception as exc:
@@ -234,6 +283,7 @@ class Downloader:
                            error=f"handler result is not JSON-serialisable: {exc}")
         return Outcome(job.id, job.fence, OutcomeKind.SUCCEEDED, result=text)
 
-    def _retry(self, job: Job, error: str, after: float) -> Outcome:
+    def _retry(self, job: Job, error: str, after: float, *, hold_key: bool = False
+               ) -> Outcome:
         return Outcome(job.id, job.fence, OutcomeKind.RETRY, error=error,
-                       retry_at=self.clock.now() + max(0.0, after))
+                       retry_at=self.clock.now() + max(0.0, after), hold_key=hold_key)

@@ -8,6 +8,13 @@ It sleeps a third of the shortest lease it holds (or of the default), and is wok
 when the syncer hands out a job whose lease is shorter than the default.
 A handler that blocks or runs long cannot starve renewal, and each job is renewed by its
 own ``lease_seconds``, not by one global maximum.
+
+A renewal the store refuses (`NotRenewed`: the lease was cancelled, by another process
+too on a shared store, reaped or reconciled) means the lease is gone: with an `Attempts`
+registry, the renewer hands those leases to it, which cancels the handler running under
+one, or keeps a waiting job from starting (see `syncward.actors.attempts`). The reply is
+awaited in a task of the renewer's own, so a slow commit never delays the next tick.
+Leases that have ended so are not renewed again.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from syncward.actors._periodic import LoopActor
-from syncward.messages import Renew, SyncerMsg
+from syncward.messages import Accepted, NotRenewed, Rejected, Renew, Reply, SyncerMsg
 
 if TYPE_CHECKING:
+    from syncward.actors.attempts import Attempts
     from syncward.actors.mailbox import Mailbox
     from syncward.actors.syncer import LeaseControl
     from syncward.clock import Clock
@@ -34,9 +42,13 @@ class LeaseRenewer(LoopActor):
     """One incarnation of the lease-renewer actor."""
 
     def __init__(self, *, work: Mailbox[Job], syncer: Mailbox[SyncerMsg], clock: Clock,
-                 default_lease_seconds: float, control: LeaseControl | None = None) -> None:
+                 default_lease_seconds: float, control: LeaseControl | None = None,
+                 attempts: Attempts | None = None) -> None:
         super().__init__()
         self.control = control
+        self.attempts = attempts
+        self._replies: anyio.abc.TaskGroup | None = None
+        self.lost = 0  # leases whose renewal the store refused
         self.work = work
         self.syncer = syncer
         self.clock = clock
@@ -49,9 +61,10 @@ class LeaseRenewer(LoopActor):
         return max(_MIN_TICK, min(shortest, self.default_lease_seconds) / 3)
 
     async def _loop(self) -> None:
-        while True:
-            await self._sleep(self._tick(self.work.pending()))
-            await self.renew_once()
+        async with anyio.create_task_group() as self._replies:
+            while True:
+                await self._sleep(self._tick(self.work.pending()))
+                await self.renew_once()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or less if the syncer hands out a job with a shorter lease."""
@@ -79,13 +92,27 @@ class LeaseRenewer(LoopActor):
         live = {(j.id, j.fence) for j in held}
         self._expiry = {k: v for k, v in self._expiry.items() if k in live}
         due = []
+        attempts = self.attempts
         for job in held:
+            if attempts is not None and attempts.ended(job.id, job.fence):
+                continue  # its lease is gone: its handler is being stopped
             ident = (job.id, job.fence)
             expires = self._expiry.get(ident, job.lease_expires_at)
             if expires - now < job.lease_seconds * 2 / 3:
                 due.append((job.id, job.fence, job.lease_seconds))
                 self._expiry[ident] = now + job.lease_seconds
         if due:
-            await self.syncer.send(Renew(tuple(due)))
+            watch = self._replies if attempts is not None else None
+            reply: Reply[Accepted | Rejected] | None = Reply() if watch is not None else None
+            await self.syncer.send(Renew(tuple(due), reply=reply))
             self.renewals += len(due)
+            if watch is not None and reply is not None:
+                watch.start_soon(self._refused, reply)
         return len(due)
+
+    async def _refused(self, reply: Reply[Accepted | Rejected]) -> None:
+        """Once the renewal commits: the leases it could not renew are gone; stop their work."""
+        result = await reply.wait()
+        if isinstance(result, NotRenewed) and self.attempts is not None:
+            self.lost += len(result.leases)
+            self.attempts.end(result.leases, "lease lost: its renewal was refused")

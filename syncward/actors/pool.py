@@ -6,7 +6,9 @@ is cancelled). When the runtime is closing it then gives back every lease this p
 still holds (jobs queued in the work mailbox, jobs whose downloader was cancelled) as
 `Release` messages to the syncer, which is still running (the root stops its children
 in reverse order).
-Released jobs are planned again without the attempt being counted. When the pool is
+Released jobs are planned again without the attempt being counted; a job whose lease
+already ended (cancelled, or its renewal refused: see `syncward.actors.attempts`) is not
+released — there is nothing to give back. When the pool is
 only being restarted (its supervisor's strategy), the jobs stay in the work mailbox and
 the next incarnation takes them up first.
 """
@@ -22,6 +24,7 @@ from syncward.messages import Release, SyncerMsg
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from syncward.actors.attempts import Attempts
     from syncward.actors.mailbox import Mailbox
     from syncward.jobs import Job
     from syncward.supervisor import Supervisor
@@ -33,8 +36,10 @@ class DownloaderPool:
     """One incarnation of the pool actor (wraps a fresh inner supervisor)."""
 
     def __init__(self, *, supervisor: Supervisor, work: Mailbox[Job],
-                 syncer: Mailbox[SyncerMsg], closing: Callable[[], bool]) -> None:
+                 syncer: Mailbox[SyncerMsg], closing: Callable[[], bool],
+                 attempts: Attempts | None = None) -> None:
         self.supervisor = supervisor
+        self.attempts = attempts
         self.work = work
         self.syncer = syncer
         self.closing = closing
@@ -60,6 +65,10 @@ class DownloaderPool:
     async def _release_held(self) -> None:
         self.work.close()
         held = self.work.clear()
+        attempts = self.attempts
+        if attempts is not None:
+            held = [job for job in held if not attempts.ended(job.id, job.fence)]
+            attempts.forget_waiting()
         for job in held:
             await self.syncer.send(Release(job.id, job.fence))
         self.released = len(held)

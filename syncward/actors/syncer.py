@@ -10,8 +10,10 @@ Sends, only after the batch's transaction has committed, in this order:
   1. a `StatsUpdate` with the committed deltas to the stats-keeper (before anyone is told,
      so "submit returned" implies "the stats-keeper will see it");
   2. the jobs leased in this batch to the work mailbox;
-  3. replies to senders that wait, and the upstream acknowledgements (``on_commit``);
-  4. the ack of the batch in its own mailbox.
+  3. the leases a `Cancel` ended, to ``on_ended`` (the runtime cancels its own handlers
+     running under them, before any sender hears of the commit);
+  4. replies to senders that wait, and the upstream acknowledgements (``on_commit``);
+  5. the ack of the batch in its own mailbox.
 A crash anywhere in that list redelivers the batch, which is safe: every message is
 idempotent to apply again, and replies keep their first value.
 
@@ -49,6 +51,7 @@ from syncward.errors import (
 from syncward.jobs import Job, JobState
 from syncward.messages import (
     ApplyResult,
+    CancelResult,
     LeaseOrder,
     Outcome,
     Recount,
@@ -63,10 +66,11 @@ from syncward.messages import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from syncward.actors.mailbox import Mailbox
     from syncward.clock import Clock
+    from syncward.limits import LimitRule
     from syncward.store.base import Store
     from syncward.testing.faults import Faults
 
@@ -184,6 +188,7 @@ class LeaseControl:
     # are handed out; the next incarnation must know too, so this lives here.
     orphans_possible: bool = False
     renew_wake: anyio.Event = field(default_factory=anyio.Event)
+    limits: Mapping[str, LimitRule] | None = None  # the runtime's limits per key, if any
 
     def pause(self) -> None:
         """Stop leasing (shutdown): jobs already leased run on, no new ones are handed out."""
@@ -197,8 +202,10 @@ class Syncer:
                  stats: Mailbox[StatsUpdate], health: SyncerHealth, control: LeaseControl,
                  clock: Clock, config: SyncerConfig, faults: Faults | None = None,
                  observer: CommitObserver | None = None,
-                 on_fatal: Callable[[StoreFailing], None] | None = None) -> None:
+                 on_fatal: Callable[[StoreFailing], None] | None = None,
+                 on_ended: Callable[[Sequence[tuple[int, int]]], None] | None = None) -> None:
         self.store = store
+        self.on_ended = on_ended
         self.mailbox = mailbox
         self.work = work
         self.stats = stats
@@ -258,7 +265,8 @@ class Syncer:
             if demand and due and not self.control.orphans_possible:
                 c = self.control
                 order = LeaseOrder(n=demand, owner=c.owner, boot_id=c.boot_id,
-                                   default_lease_seconds=c.default_lease_seconds)
+                                   default_lease_seconds=c.default_lease_seconds,
+                                   limits=c.limits)
             extra: list[SyncerMsg] = list(self._releases)
             if order is None and not extra and all(isinstance(m, Wake) for m in batch):
                 if batch:  # wake-ups with no room to lease into: nothing to commit
@@ -369,11 +377,24 @@ class Syncer:
             await self._adopt_orphans()
         if order is not None:
             full = len(result.leased) == order.n
-            self._next_due = now if full else await self._lookup_next_due()
+            if full:
+                self._next_due = now
+            elif order.limits is None:
+                self._next_due = await self._lookup_next_due()
+            else:  # limited jobs held back say themselves when they may start
+                self._next_due = _earliest(await self._lookup_next_due(limited=False),
+                                           result.wake_at)
         elif result.deltas.get(JobState.PLANNED, 0) > 0:
             self._next_due = now  # new or returned work: look for it in the next batch
+        elif self.control.limits is not None and result.deltas.get(JobState.LEASED, 0) < 0:
+            self._next_due = now  # a lease ended: its limit key may have room again
         if self.faults is not None:
             self.faults.check("syncer.after_commit")
+        if self.on_ended is not None:
+            ended = [lease for res in result.results if type(res) is CancelResult
+                     for lease in res.leases]
+            if ended:
+                self.on_ended(ended)
         for msg, res in zip(batch, result.results, strict=True):
             if isinstance(res, Rejected):
                 h.rejected += 1
@@ -419,8 +440,14 @@ class Syncer:
                         if (job.id, job.fence) not in held and (job.id, job.fence) not in ending])
         self.control.orphans_possible = False
 
-    async def _lookup_next_due(self) -> float | None:
+    async def _lookup_next_due(self, *, limited: bool = True) -> float | None:
         try:
-            return await self.store.next_due()
+            return await self.store.next_due(limited=limited)
         except StoreUnavailable:
             return self.clock.now() + self.config.idle_poll
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

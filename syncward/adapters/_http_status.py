@@ -4,7 +4,8 @@ Classification (the handler signals of `syncward.errors`):
   * connection errors, timeouts, read errors, protocol errors (a peer that closed early,
     a reset) -> `Retry` with the runtime's back-off;
   * 408, 425, 429 and every 5xx -> `Retry`, honouring ``Retry-After`` (delay-seconds or
-    an HTTP-date) when the server sent one;
+    an HTTP-date) when the server sent one; a 429 or 503 with ``Retry-After`` holds back
+    the job's whole limit key (`syncward.Limit`): the server asked every request to wait;
   * any other 4xx, an unexpected 1xx/3xx, too many redirects, an unsupported scheme, an
     undecodable body -> `Permanent`.
 A body shorter than its Content-Length is retryable too; the streaming code raises that
@@ -26,6 +27,7 @@ __all__ = ["MAX_RETRY_AFTER", "check_status", "retry_after", "transport_signal"]
 #: Longer waits than this (an hour) are cut to it: a job should not sleep for days.
 MAX_RETRY_AFTER = 3600.0
 _RETRYABLE_4XX = frozenset({408, 425, 429})
+_HOLD_KEY = frozenset({429, 503})  # with Retry-After: "everyone, wait", not "this one"
 
 
 def retry_after(value: str | None, *, now: float | None = None,
@@ -69,7 +71,8 @@ def check_status(response: httpx.Response, *, what: str,
         after = retry_after(response.headers.get("retry-after"), limit=max_retry_after)
         if after is not None:
             reason += f" (Retry-After {after:g}s)"
-        raise Retry(reason, after=after)
+        raise Retry(reason, after=after,
+                    hold_key=after is not None and status in _HOLD_KEY)
     raise Permanent(reason)
 
 

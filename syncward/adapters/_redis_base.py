@@ -19,6 +19,7 @@ listing of who is there. Importing this module without redis-py raises
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -565,6 +566,14 @@ class RedisConsumer:
             except (MailboxClosed, Stopping):
                 return
 
+    def _limited(self, job: NewJob, decoded: Decoded) -> NewJob | Malformed:
+        """The job with its limit key, when the runtime declares limits."""
+        try:
+            key = self.runtime.limit_key(decoded.identity, decoded.payload)
+        except ConfigError as exc:
+            return Malformed(str(exc))
+        return job if key is None else dataclasses.replace(job, limit_key=key)
+
     async def _process(self, items: list[Item]) -> None:
         jobs: list[NewJob] = []
         tokens: list[Token] = []
@@ -577,6 +586,8 @@ class RedisConsumer:
                 self.state.acks.append(item.token)
                 continue
             job = decoded if isinstance(decoded, Malformed) else new_job(decoded, max_attempts)
+            if not isinstance(job, Malformed) and not isinstance(decoded, Malformed):
+                job = self._limited(job, decoded)
             if isinstance(job, Malformed):
                 bad.append((item, job.reason))
             else:

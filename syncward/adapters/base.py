@@ -30,6 +30,14 @@ class SourcePort(Protocol):
     @property
     def clock(self) -> Clock: ...
 
+    def limit_key(self, identity: dict[str, Any], payload: dict[str, Any]) -> str | None:
+        """The limit key (`syncward.Limit`) of a job the source creates, if any.
+
+        Raises:
+            ConfigError: a limit's key function failed on it.
+        """
+        ...
+
     async def send(self, msg: SyncerMsg) -> None:
         """Deliver a message to the syncer, waiting while its mailbox is full.
 

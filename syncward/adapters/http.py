@@ -4,6 +4,10 @@ A handler calls it with its `Context`; it walks the job through committed stages
 
     HEAD_DONE -> RESUME_OK -> STREAMING -> FINALIZED -> INDEXED -> DEDUPED
 
+The order is declared (`syncward.stages`) on `HttpFetcher.handler`, and a download never
+commits a stage before the one its job has reached: a retried job resuming at STREAMING
+keeps it while it asks again with a HEAD, and one at FINALIZED or later repeats nothing.
+
   * HEAD_DONE: size, ETag and range support, recorded in the operation ledger as the
     effect ``http.head`` (once per attempt: a later attempt asks again, the resource may
     have changed). They come from a HEAD request when the job may have a partial file to
@@ -61,6 +65,7 @@ from syncward.adapters._http_reconcile import part_cleanup
 from syncward.adapters._http_status import MAX_RETRY_AFTER
 from syncward.adapters._http_transfer import head, transfer
 from syncward.errors import Permanent, Skip
+from syncward.stage_order import stages
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -96,6 +101,7 @@ class HttpStage(enum.StrEnum):
     DEDUPED = "DEDUPED"
 
 
+_ORDER = tuple(HttpStage)
 _FINALIZED_OR_LATER = frozenset({HttpStage.FINALIZED, HttpStage.INDEXED, HttpStage.DEDUPED})
 _MAY_HAVE_PART = frozenset({HttpStage.RESUME_OK, HttpStage.STREAMING})
 
@@ -180,8 +186,9 @@ class HttpFetcher:
         """A ready handler: downloads ``payload[url_field]`` (or ``identity[url_field]``).
 
         The file is named after ``identity[name_field]`` when given, else after the URL.
-        The job's result is `Downloaded.as_dict`.
+        The job's result is `Downloaded.as_dict`. It declares the stage order (`HttpStage`).
         """
+        @stages(*_ORDER)
         async def handle(job: Job, ctx: Context) -> dict[str, Any]:
             url = job.payload.get(url_field, job.identity.get(url_field))
             if not isinstance(url, str):
@@ -221,7 +228,7 @@ class HttpFetcher:
                 adopt_final, final, _record(url, fname, None, None)), path=fname)
         else:
             record = await self._fetch(ctx, url, final, fname)
-        await ctx.stage(HttpStage.FINALIZED)
+        await _reach(ctx, HttpStage.FINALIZED)
         return await self._index(ctx, url, final, record)
 
     async def _fetch(self, ctx: Context, url: str, final: Path, fname: str) -> dict[str, Any]:
@@ -272,14 +279,14 @@ class HttpFetcher:
         """Commit HEAD_DONE, choose the partial file and offset, commit RESUME_OK and
         STREAMING (the partial file exists from here on until it is renamed)."""
         job = ctx.job
-        await ctx.stage(HttpStage.HEAD_DONE)
+        await _reach(ctx, HttpStage.HEAD_DONE)
         strong = _strong(info["etag"])
         found = await anyio.to_thread.run_sync(functools.partial(
             prepare_part, final.parent, fname, job.key, strong,
             resumable=bool(info["ranges"]) and strong is not None, size=info["size"],
             sweep=job.stage is not None or job.attempt > 1))
-        await ctx.stage(HttpStage.RESUME_OK)
-        await ctx.stage(HttpStage.STREAMING)
+        await _reach(ctx, HttpStage.RESUME_OK)
+        await _reach(ctx, HttpStage.STREAMING)
         return found
 
     async def _index(self, ctx: Context, url: str, final: Path, record: dict[str, Any]
@@ -287,16 +294,16 @@ class HttpFetcher:
         job = ctx.job
         digest = str(record["sha256"])
         holder = await ctx.claim("sha256", digest)
-        await ctx.stage(HttpStage.INDEXED)
+        await _reach(ctx, HttpStage.INDEXED)
         if holder != job.key:
             kept = self.keep_duplicates
             if not kept:
                 await anyio.to_thread.run_sync(drop_file, final)
-            await ctx.stage(HttpStage.DEDUPED)
+            await _reach(ctx, HttpStage.DEDUPED)
             self._counts["duplicates"] += 1
             raise Skip(f"duplicate of job {holder}: same SHA-256 ({digest[:16]}…); "
                        f"this copy {'kept' if kept else 'removed'}")
-        await ctx.stage(HttpStage.DEDUPED)
+        await _reach(ctx, HttpStage.DEDUPED)
         return Downloaded(url=url, path=str(final), size=int(record["size"]), sha256=digest,
                           etag=record.get("etag"), resumed_from=record.get("resumed_from"))
 
@@ -308,6 +315,14 @@ async def download(ctx: Context, url: str, dest_dir: str | PathLike[str], *,
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+
+async def _reach(ctx: Context, stage: HttpStage) -> None:
+    """Commit ``stage`` unless the job has reached it or a later one (stages never go back)."""
+    current = ctx.current_stage
+    if current in _ORDER and _ORDER.index(HttpStage(current)) >= _ORDER.index(stage):
+        return
+    await ctx.stage(stage)
 
 
 def _strong(etag: Any) -> str | None:

@@ -6,8 +6,9 @@ Formats (chosen from the file's extension, or explicitly; stdin defaults to ``tx
   surrounding whitespace is stripped, blank lines and ``#`` comments are ignored.
 * ``csv``   a header line, then rows; the identity is the ``key`` columns (default ``id``,
   values stripped of surrounding whitespace), every other column is the payload (as text).
-* ``jsonl`` one JSON object per line: ``{"identity": {...}, "payload": {...}}`` (payload
-  optional, no other fields); blank lines are ignored.
+* ``jsonl`` one JSON object per line: ``{"identity": {...}, "payload": {...},
+  "priority": 10}`` (payload and priority optional, no other fields; see `JobSpec` for
+  what a priority means); blank lines are ignored.
 
 Iterating a `Manifest` yields, in file order, an `Entry` ``(line, spec)`` for each good
 line and a `Rejection` ``(line, reason, raw)`` for each bad one (not UTF-8, not parseable,
@@ -52,7 +53,8 @@ __all__ = [
 
 STDIN = "-"
 _RAW_MAX = 500  # characters of a rejected line kept for the report
-_JSONL_FIELDS = frozenset({"identity", "payload"})
+_JSONL_FIELDS = frozenset({"identity", "payload", "priority"})
+_PRIORITY_LIMIT = 1_000_000_000
 
 
 class ManifestFormat(enum.StrEnum):
@@ -329,13 +331,13 @@ def _raw(text: str) -> str:
     return text if len(text) <= _RAW_MAX else text[:_RAW_MAX] + "…"
 
 
-def _entry(line: int, identity: dict[str, Any], payload: dict[str, Any], raw: str
-           ) -> ManifestItem:
+def _entry(line: int, identity: dict[str, Any], payload: dict[str, Any], raw: str,
+           priority: int = 0) -> ManifestItem:
     try:
         canonical_identity(identity)
     except InvalidJob as exc:
         return Rejection(line, str(exc), _raw(raw))
-    return Entry(line, JobSpec(identity=identity, payload=payload))
+    return Entry(line, JobSpec(identity=identity, payload=payload, priority=priority))
 
 
 def _jsonl_item(line: int, text: str) -> ManifestItem:
@@ -348,7 +350,7 @@ def _jsonl_item(line: int, text: str) -> ManifestItem:
     unknown = sorted(set(obj) - _JSONL_FIELDS)
     if unknown:
         return Rejection(line, f"unknown field(s) {', '.join(map(repr, unknown))}: expected "
-                         "\"identity\" and optional \"payload\"", _raw(text))
+                         "\"identity\" and optional \"payload\", \"priority\"", _raw(text))
     if "identity" not in obj:
         return Rejection(line, "no \"identity\" field", _raw(text))
     identity, payload = obj["identity"], obj.get("payload", {})
@@ -358,7 +360,12 @@ def _jsonl_item(line: int, text: str) -> ManifestItem:
     if not isinstance(payload, dict):
         return Rejection(line, f"\"payload\" must be an object, got {_json_type(payload)}",
                          _raw(text))
-    return _entry(line, identity, payload, text)
+    priority = obj.get("priority", 0)
+    if (isinstance(priority, bool) or not isinstance(priority, int)
+            or not -_PRIORITY_LIMIT <= priority <= _PRIORITY_LIMIT):
+        return Rejection(line, f"\"priority\" must be an integer from -{_PRIORITY_LIMIT} to "
+                         f"{_PRIORITY_LIMIT}, got {priority!r}", _raw(text))
+    return _entry(line, identity, payload, text, priority)
 
 
 def _json_type(value: object) -> str:

@@ -1,8 +1,9 @@
-"""The ``syncward`` command line: run, status, report, reconcile, retry, serve, demo.
+"""The ``syncward`` command line: run, status, report, reconcile, retry, cancel, serve, demo.
 
 This package holds one module per command group, each declaring its click command beside
 the code it runs: `run` (a manifest; `feed` reads it, `progress` draws the bar),
-`redis` (``run redis://...``), `status`, `report`, `admin` (reconcile and retry),
+`redis` (``run redis://...``), `status`, `report`, `admin` (reconcile, retry, cancel),
+`importing` (``import``: an existing pipeline's state),
 `serve` (the dashboard and API of a store; ``run --http`` uses it too) and `demo`.
 `common` is what they share at run time (exit codes, errors, handler loading, signals,
 the event loop), `options` what they share in their declarations, `views` the
@@ -27,7 +28,7 @@ import sys
 import click
 
 from syncward import __version__
-from syncward.cli import admin, demo, report, run, serve, status
+from syncward.cli import admin, demo, importing, report, run, serve, status
 from syncward.cli.common import ExitCode, fail
 from syncward.cli.options import EXIT_STATUS
 
@@ -58,8 +59,10 @@ cli.add_command(status.status)
 cli.add_command(report.report)
 cli.add_command(admin.reconcile)
 cli.add_command(admin.retry)
+cli.add_command(admin.cancel)
 cli.add_command(demo.demo)
 cli.add_command(serve.serve)
+cli.add_command(importing.import_command)
 
 
 def main() -> None:

@@ -22,6 +22,13 @@ run's start-up reconciliation recovers its leases (exit 3 as well).
 With ``--http`` the runtime's operations app (`syncward.web`) is served from the moment
 the runtime has started until the run has finished (`syncward.cli.serve.serving`); its
 socket is bound before the store is opened, with the other exit-2 checks.
+
+With ``--schedule NAME=CRON`` (repeatable) the runtime also submits each tick of each
+schedule as a job (`syncward.schedules`); SOURCE may then be omitted. Such a run does not
+finish on its own: after the manifest's jobs (if any) are done it keeps running ticks
+until a signal stops it, which drains as above and exits 3, as a ``redis://`` source
+without ``--until-empty`` does. A bad expression is refused with the exit-2 checks, in
+one line naming the schedule and the field.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import click
@@ -68,6 +75,7 @@ from syncward.errors import ConfigError, MailboxClosed
 from syncward.jobs import JobState
 from syncward.report import Report, build_report, dumps
 from syncward.runtime import Runtime
+from syncward.schedules import MISSED, Missed, Schedule
 from syncward.store import open_store
 
 if TYPE_CHECKING:
@@ -85,7 +93,7 @@ _STRICT_LISTED = 50
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
-    source: str
+    source: str | None  # None: no manifest (--schedule only)
     handler: str
     db: str
     format: str | None
@@ -98,6 +106,7 @@ class RunConfig:
     strict: bool
     progress: bool
     loop: str
+    schedules: tuple[Schedule, ...] = ()
 
     def options(self, fmt: str, key: tuple[str, ...]) -> dict[str, Any]:
         """What is recorded with the run (enough to re-read its manifest)."""
@@ -112,14 +121,14 @@ class Prepared:
     """Everything checked before the store is opened; ``close`` it when done."""
 
     handler: Handler
-    manifest: Manifest
+    manifest: Manifest | None  # None: no SOURCE (--schedule only)
     label: str  # the source as recorded with the run: an absolute path, or "-"
     spool: Any = None  # stdin copied to a temporary file (for --strict)
     reading: bool = False  # the manifest was handed to its reader thread, which closes it
     http: HttpSetup | None = None  # --http: the bound socket and the admin token
 
     def close(self) -> None:
-        if not self.reading:
+        if not self.reading and self.manifest is not None:
             self.manifest.close()
         if self.spool is not None:
             self.spool.close()
@@ -145,7 +154,7 @@ class RunOutcome:
 
 
 @click.command(epilog=EXIT_STATUS, short_help="Run every job of a manifest file (or stdin).")
-@click.argument("source", metavar="SOURCE")
+@click.argument("source", metavar="[SOURCE]", required=False)
 @click.option("--handler", "handler", required=True, metavar="TARGET",
               help="The async handler(job, ctx): package.module:function or "
                    "path/to/file.py:function.")
@@ -178,11 +187,21 @@ class RunOutcome:
               show_default=True, help="Event loop: auto is uvloop when it is installed.")
 @http_option(None)
 @admin_token_file_option
+@click.option("--schedule", "schedule", multiple=True, metavar="NAME=CRON",
+              help="Also submit each tick of this cron expression as a job, identity "
+                   '{"schedule": NAME, "tick": UTC time} (repeatable; SOURCE may then be '
+                   "omitted, and the run goes on until stopped).")
+@click.option("--schedule-missed", type=click.Choice(MISSED), default="run_once",
+              show_default=True,
+              help="Ticks that came due while nothing ran: run the latest once, or skip them.")
+@click.option("--schedule-tz", default="UTC", show_default=True, metavar="ZONE",
+              help="The time zone --schedule expressions are read in (a zoneinfo name).")
 @guard
-def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
+def run(source: str | None, handler: str, db: str, concurrency: int, max_attempts: int,
         lease_seconds: float, job_timeout: float, grace: float, key: str | None,
         fmt: str | None, strict: bool, until_empty: bool, no_progress: bool, as_json: bool,
-        loop: str, http: str | None, admin_token_file: Path | None) -> None:
+        loop: str, http: str | None, admin_token_file: Path | None,
+        schedule: tuple[str, ...], schedule_missed: str, schedule_tz: str) -> None:
     """Run every job of the manifest SOURCE (a file, or - for stdin) through TARGET.
 
     \b
@@ -212,10 +231,24 @@ def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
     With --http [HOST:]PORT the run serves its dashboard, /health, /metrics and JSON API
     while it lasts; admin routes (POST) need the token of $SYNCWARD_ADMIN_TOKEN or
     --admin-token-file.
+
+    With --schedule NAME=CRON (repeatable) each tick of the cron expression is also a
+    job, identity {"schedule": NAME, "tick": "2024-05-01T13:00:00Z"}, run once however
+    many processes share the store; SOURCE may be left out. The run then goes on until
+    SIGINT or SIGTERM (exit 3). Ticks missed while nothing ran: --schedule-missed.
     """
     if admin_token_file is not None and http is None:
         raise ConfigError("--admin-token-file needs --http")
-    if is_redis_source(source):
+    schedules = _schedules(schedule, schedule_missed, schedule_tz)
+    if source is None:
+        if not schedules:
+            raise ConfigError("SOURCE is needed (a manifest file, - for stdin, or a "
+                              "redis:// URL) unless --schedule is given")
+        if key or fmt or strict:
+            raise ConfigError("--key, --format and --strict apply to a manifest SOURCE")
+    elif is_redis_source(source):
+        if schedules:
+            raise ConfigError("--schedule is not available with redis:// sources yet")
         if key or fmt or strict:
             raise ConfigError("--key, --format and --strict apply to manifests, not to "
                               "redis:// sources")
@@ -230,7 +263,7 @@ def run(source: str, handler: str, db: str, concurrency: int, max_attempts: int,
         source=source, handler=handler, db=db, format=fmt, key=split_key(key),
         concurrency=concurrency, max_attempts=max_attempts, lease_seconds=lease_seconds,
         job_timeout=job_timeout or None, grace=grace, strict=strict,
-        progress=not no_progress, loop=loop)
+        progress=not no_progress, loop=loop, schedules=schedules)
     prepared = prepare(cfg)
     try:
         if http is not None:
@@ -260,6 +293,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     """
     check_db_dir(cfg.db)
     handler = load_handler(cfg.handler)
+    if cfg.source is None:
+        names = ", ".join(s.name for s in cfg.schedules)
+        return Prepared(handler=handler, manifest=None, label=f"--schedule {names}")
     label = cfg.source if cfg.source == STDIN else str(Path(cfg.source).resolve())
     if cfg.source != STDIN:
         if cfg.strict:
@@ -285,7 +321,28 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise
 
 
+def _schedules(specs: tuple[str, ...], missed: str, tz: str) -> tuple[Schedule, ...]:
+    """The ``--schedule NAME=CRON`` options as schedules.
+
+    Raises:
+        ConfigError: a malformed option, a bad expression or time zone (naming the
+            schedule and the field), or a name given twice.
+    """
+    schedules = []
+    for spec in specs:
+        try:
+            schedules.append(Schedule.from_option(spec, missed=cast("Missed", missed), tz=tz))
+        except ConfigError as exc:
+            raise ConfigError(f"--schedule: {exc}") from None
+    names = [s.name for s in schedules]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"--schedule: a name given twice: {', '.join(twice)}")
+    return tuple(schedules)
+
+
 def _open(cfg: RunConfig, stdin: Any = None, *, close: bool = False) -> Manifest:
+    assert cfg.source is not None
     return open_manifest(cfg.source, fmt=cfg.format, key=cfg.key, stdin=stdin,
                          close_stdin=close)
 
@@ -342,21 +399,25 @@ async def _run(cfg: RunConfig, prepared: Prepared, interrupt: Interrupt,
     manifest = prepared.manifest
     runtime = Runtime(prepared.handler, store=cfg.db, concurrency=cfg.concurrency,
                       max_attempts=cfg.max_attempts, lease_seconds=cfg.lease_seconds,
-                      job_timeout=cfg.job_timeout, grace=cfg.grace)
+                      job_timeout=cfg.job_timeout, grace=cfg.grace, schedules=cfg.schedules)
     async with runtime as rt, serving(prepared.http, rt):
         try:
             with anyio.CancelScope() as body:
                 interrupt.attach(rt, body)
-                run_id = await rt.start_run(
-                    prepared.label, cfg.options(manifest.format.value, manifest.key))
+                if manifest is not None:
+                    run_id = await rt.start_run(
+                        prepared.label, cfg.options(manifest.format.value, manifest.key))
                 async with anyio.create_task_group() as tg:
                     if console is not None:
                         tg.start_soon(show_progress, rt, cfg.db, counters, console)
-                    prepared.reading = True
-                    await _submit(rt, run_id, manifest, counters)
+                    if manifest is not None and run_id is not None:
+                        prepared.reading = True
+                        await _submit(rt, run_id, manifest, counters)
                     counters.submitted_all = True
                     await rt.join()
                     finished = True
+                    if cfg.schedules:
+                        await anyio.sleep_forever()  # ticks go on until a signal
                     tg.cancel_scope.cancel()
             if run_id is not None and not interrupt.killed:
                 with anyio.CancelScope() as body:
@@ -367,9 +428,10 @@ async def _run(cfg: RunConfig, prepared: Prepared, interrupt: Interrupt,
         except Exception as exc:
             raise RunAborted(exc) from exc
     report, states = await _final_report(cfg.db, run_id)
+    # A run with schedules never finishes: it was stopped (exit 3), whatever its manifest did.
     return RunOutcome(run_id=run_id, report=report, run_states=states, counters=counters,
-                      finished=finished, killed=interrupt.killed,
-                      elapsed=time.monotonic() - started, source=cfg.source)
+                      finished=finished and not cfg.schedules, killed=interrupt.killed,
+                      elapsed=time.monotonic() - started, source=cfg.source or prepared.label)
 
 
 async def _final_report(db: str, run_id: int | None

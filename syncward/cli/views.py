@@ -199,13 +199,15 @@ def _render_list(console: Console, title: str, lines: list[str]) -> None:
 
 def render_summary(console: Console, outcome: RunOutcome, code: int) -> None:
     verb = {0: "finished", 1: "finished with problems", 3: "interrupted"}.get(code, "ended")
-    title = (f"Run {outcome.run_id} of {outcome.source}: {verb} in {outcome.elapsed:,.1f}s "
+    run = f"Run {outcome.run_id}" if outcome.run_id is not None else "Run"  # None: --schedule
+    title = (f"{run} of {outcome.source}: {verb} in {outcome.elapsed:,.1f}s "
              f"(exit {code})")
     render_report(console, outcome.report, title=title, source=outcome.source,
                   run_counts=outcome.run_states)
     c = outcome.counters
-    console.print(f"Submitted {c.entries:,} entries: {c.new:,} new job(s), "
-                  f"{c.duplicates:,} already known (not redone).")
+    if outcome.run_id is not None:
+        console.print(f"Submitted {c.entries:,} entries: {c.new:,} new job(s), "
+                      f"{c.duplicates:,} already known (not redone).")
     if code == 3:
         how = "stopped at once" if outcome.killed else "in-flight jobs drained"
         console.print(f"Interrupted ({how}): run the same command again to resume; "

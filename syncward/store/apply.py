@@ -25,7 +25,7 @@ and the writes are queued and flushed as one bulk operation per kind. Flush orde
 renewals, stages, final updates, releases: for any one job, non-final messages can only
 precede its final one in a batch (after it the job is no longer leased under that
 fence). The view is flushed before anything that reads the jobs table behind it
-(requeue, leasing, reconciliation, a recount).
+(requeue, cancel, leasing, reconciliation, a recount).
 
 The lost-lease rule (`lost_outcome`) is the one rule a backend also runs itself: start-up
 reconciliation may give back a hundred thousand leases, and one set-based UPDATE does
@@ -37,19 +37,29 @@ backends put in their UPDATE — and the contract suite holds the two equal.
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
 from syncward.errors import IllegalTransition
 from syncward.jobs import TERMINAL, Job, JobState, check_transition
+from syncward.limits import KeyBudget, split_limit_key
 from syncward.messages import (
     ACCEPTED,
+    CANCELLED,
+    MAX_IMPORT_LISTED,
     ApplyResult,
+    Cancel,
+    CancelResult,
     Effect,
     EffectResult,
     FinishRun,
+    Import,
+    ImportConflict,
+    ImportResult,
     LeaseOrder,
+    NotRenewed,
     Outcome,
     OutcomeKind,
     ReapExpired,
@@ -76,20 +86,78 @@ from syncward.messages import (
 from syncward.store.base import WorkerState
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
+    from syncward.limits import LimitRule
+    from syncward.messages import ImportJob
     from syncward.store.port import (
+        DueRow,
         FencedRow,
         FinalWrite,
+        ImportRow,
         InsertJob,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
+        SkipWrite,
         StageWrite,
         WriteTx,
     )
 
 __all__ = ["Applier"]
+
+#: How soon a runtime that declares limits looks again for limited jobs that were not
+#: due yet (their due times are not looked up one key at a time).
+LIMIT_POLL = 1.0
+
+
+_MIN_CHUNK = 32
+
+
+@dataclass
+class _KeyStream:
+    """One limit key's due jobs in rank order, read a chunk at a time (at most ``room``)."""
+
+    budget: KeyBudget
+    room: int
+    chunk: int
+    rows: list[tuple[float, int]] = field(default_factory=list)
+    pos: int = 0
+    read: int = 0
+    short: bool = False  # a read found fewer than asked: some may not be due yet
+
+    async def fill(self, tx: WriteTx, now: float) -> None:
+        want = min(self.chunk, self.room - self.read)
+        after = self.rows[-1] if self.rows else None
+        self.rows = await tx.due_ids(now, self.budget.key, want, after=after)
+        self.pos = 0
+        self.read += len(self.rows)
+        self.short = len(self.rows) < want
+
+    async def advance(self, tx: WriteTx, now: float) -> tuple[float, int] | None:
+        """The next candidate after the one just taken, reading more when needed."""
+        self.pos += 1
+        if self.pos == len(self.rows):
+            if self.short or self.read >= self.room:
+                return None
+            await self.fill(tx, now)
+            if not self.rows:
+                return None
+        return self.rows[self.pos]
+
+
+def _room(budget: KeyBudget, n: int, now: float) -> int:
+    """How many of a key's jobs could start now at most (the candidates to fetch)."""
+    rule = budget.rule
+    assert rule is not None
+    if budget.blocked_until(now) is not None:
+        return 0
+    room = n
+    if rule.concurrency is not None:
+        room = min(room, rule.concurrency - budget.leased)
+    if rule.rate:
+        room = min(room, rule.burst)
+    return room
 
 MAX_LOST_LISTED = 20
 GONE = "its process is gone"
@@ -154,7 +222,7 @@ class Applier:
             assert r is not None, "an effect's result was never resolved"
             results.append(r)
         return ApplyResult(results=results, deltas=deltas, leased=leased, counts=counts,
-                           checked=checked)
+                           checked=checked, wake_at=b.wake_at)
 
 
 def _touched_ids(batch: Sequence[SyncerMsg]) -> set[int]:
@@ -168,6 +236,31 @@ def _touched_ids(batch: Sequence[SyncerMsg]) -> set[int]:
         elif isinstance(msg, ReapExpired):
             ids.update(item[0] for item in msg.items)
     return ids
+
+
+@dataclass
+class _ImportTally:
+    """The counts of one `Import` as its jobs are classified."""
+
+    new: dict[JobState, int] = field(default_factory=dict)
+    unchanged: int = 0
+    conflicts: int = 0
+    listed: list[ImportConflict] = field(default_factory=list)
+
+    def add_new(self, state: JobState) -> None:
+        self.new[state] = self.new.get(state, 0) + 1
+
+    def compare(self, key: bytes, job: ImportJob, existing: JobState) -> None:
+        if job.state is JobState.PLANNED or job.state is existing:
+            self.unchanged += 1
+            return
+        self.conflicts += 1
+        if len(self.listed) < MAX_IMPORT_LISTED:
+            self.listed.append(ImportConflict(key.hex(), job.line, existing, job.state))
+
+    def result(self, *, dry_run: bool) -> ImportResult:
+        return ImportResult(new=self.new, unchanged=self.unchanged, conflicts=self.conflicts,
+                            conflicts_listed=tuple(self.listed), dry_run=dry_run)
 
 
 @dataclass
@@ -185,6 +278,8 @@ class _Batch:
     releases: list[ReleaseWrite] = field(default_factory=list)
     rejections: list[tuple[float, int | None, str, str]] = field(default_factory=list)
     effects: list[tuple[int, Effect]] = field(default_factory=list)  # (result index, msg)
+    holds: list[tuple[str, float]] = field(default_factory=list)  # (limit key, until)
+    wake_at: float | None = None  # a limited lease: when a held-back key may start
 
     # --- the view ----------------------------------------------------------------------
 
@@ -243,6 +338,9 @@ class _Batch:
         if self.rejections:
             await tx.reject(self.rejections)
             self.rejections = []
+        if self.holds:
+            await tx.hold_limits(self.holds)
+            self.holds = []
 
     # --- dispatch ----------------------------------------------------------------------
 
@@ -275,6 +373,8 @@ class _Batch:
                 return self.reap(msg)
             case Requeue():
                 return await self.requeue(msg)
+            case Cancel():
+                return await self.cancel(msg)
             case Reconcile():
                 return await self.reconcile(msg)
             case RegisterWorker():
@@ -300,6 +400,8 @@ class _Batch:
             case SetMeta():
                 return await self.tx.set_meta(msg.key, msg.value,
                                               only_if_absent=msg.only_if_absent)
+            case Import():
+                return await self.imports(msg)
             case _:
                 assert_never(msg)
 
@@ -333,7 +435,8 @@ class _Batch:
                     counted.add(key)
                     mine.append((index, key))
                     rows.append((key, job.identity, job.payload, job.max_attempts, now,
-                                 job.lease_seconds, job.timeout, msg.token, now))
+                                 job.lease_seconds, job.timeout, msg.token, now,
+                                 job.priority, job.limit_key))
                 elif creator[key] == msg.token and key not in counted:
                     counted.add(key)  # created by this very message, delivered before
                     new += 1
@@ -351,18 +454,69 @@ class _Batch:
         return [SubmitResult(new=new, duplicates=len(msg.jobs) - new)
                 for new, msg in zip(counts, msgs, strict=True)]
 
+    async def imports(self, msg: Import) -> ImportResult:
+        """Create jobs in their imported states; never change a key that exists.
+
+        An existing key is unchanged when it is in the imported state, or the import says
+        planned (the job is there already); otherwise it is a conflict, kept as it is. A
+        key twice in one message is compared with its first occurrence. Rows remember the
+        message's token, so a redelivered Import counts its own rows as new again. A key
+        another writer inserted between the lookup and the insert (a shared store) is
+        looked up again and compared. A dry run only reads.
+        """
+        await self.flush()  # queued final writes change states the lookup must see
+        keys = [bytes.fromhex(j.key) for j in msg.jobs]
+        found = await self.tx.existing(keys) if keys else {}
+        tally = _ImportTally()
+        seen: dict[bytes, JobState] = {}  # keys this message creates (or created before)
+        pending: list[tuple[bytes, ImportJob]] = []
+        rows: list[ImportRow] = []
+        now = self.now
+        for key, job in zip(keys, msg.jobs, strict=True):
+            if key in seen:
+                tally.compare(key, job, seen[key])
+                continue
+            hit = found.get(key)
+            if hit is None:
+                seen[key] = job.state
+                pending.append((key, job))
+                rows.append((key, job.identity, job.payload, job.state.value, job.result,
+                             job.error, job.attempts, job.max_attempts, now, msg.token, now))
+            elif hit[1] == msg.token:  # created by this very message, delivered before
+                seen[key] = job.state
+                tally.add_new(job.state)
+            else:
+                tally.compare(key, job, hit[0])
+        if msg.dry_run or not rows:
+            for _, job in pending:
+                tally.add_new(job.state)
+            return tally.result(dry_run=msg.dry_run)
+        inserted = await self.tx.insert_imported(rows)
+        raced = [key for key, _ in pending if key not in inserted]
+        again = await self.tx.existing(raced) if raced else {}
+        for key, job in pending:
+            if key in inserted:
+                tally.add_new(job.state)
+                self.deltas[job.state] = self.deltas.get(job.state, 0) + 1
+            else:
+                hit = again.get(key)
+                tally.compare(key, job, hit[0] if hit is not None else job.state)
+        return tally.result(dry_run=False)
+
     def renew(self, msg: Renew) -> Result:
-        stale = 0
+        stale: list[tuple[int, int]] = []
         for job_id, fence, seconds in msg.items:
             try:
                 row = self.leased(job_id, fence)
             except Stale as exc:
-                stale += 1
+                stale.append((job_id, fence))
                 self.reject(job_id, msg, f"{exc.reason}: lease not renewed")
                 continue
             row.lease_expires_at = self.now + seconds
             self.renews.append((row.lease_expires_at, self.now, row.id, row.fence))
-        return ACCEPTED if not stale else Rejected(f"{stale} lease(s) were no longer held")
+        if not stale:
+            return ACCEPTED
+        return NotRenewed(f"{len(stale)} lease(s) were no longer held", leases=tuple(stale))
 
     def fenced(self, msg: Stage | Effect | Outcome | Release) -> Result | None:
         try:
@@ -397,6 +551,8 @@ class _Batch:
         self._move_row(row, _OUTCOME_TARGET[kind])
         self._end(row, msg.kind.value)
         next_at = msg.retry_at if msg.retry_at is not None else self.now
+        if msg.hold_key and row.limit_key is not None and msg.retry_at is not None:
+            self.holds.append((row.limit_key, msg.retry_at))
         self.finals.append((row.state.value, msg.result, error, next_at, row.attempts,
                             row.fence, msg.kind.value, self.now, row.id))
 
@@ -477,11 +633,63 @@ class _Batch:
         self.move(msg.state, JobState.PLANNED, len(ids))
         return len(ids)
 
+    async def cancel(self, msg: Cancel) -> Result:
+        """Planned and leased jobs to skipped; a leased one's lease ends ("cancelled").
+
+        Its owner's later messages under that fence are then stale (fencing), so an
+        effect it committed before stays, and nothing after commits. The rows are read
+        behind the view, so the view is flushed first and the rows it holds are the ones
+        changed (a later message of the batch sees the job skipped).
+        """
+        await self.flush()
+        wanted = None if msg.keys is None else list(dict.fromkeys(msg.keys))
+        states = ((msg.state,) if msg.state is not None
+                  else (JobState.PLANNED, JobState.LEASED))
+        found = await self.tx.cancel_candidates(
+            states, None if wanted is None else [bytes.fromhex(k) for k in wanted],
+            msg.decided_at)
+        skips: list[SkipWrite] = []
+        finals: list[FinalWrite] = []
+        planned = 0
+        leases: list[tuple[int, int]] = []
+        finished: list[str] = []
+        other: list[str] = []
+        seen: set[str] = set()
+        for fresh in found:
+            row = self.rows.setdefault(fresh.id, fresh)  # the view's row, if it has one
+            seen.add(row.key.hex())
+            if row.state in TERMINAL:
+                finished.append(row.key.hex())
+            elif row.state not in states:
+                other.append(row.key.hex())
+            elif row.state is JobState.PLANNED:
+                self._move_row(row, JobState.SKIPPED)
+                skips.append((CANCELLED, self.now, row.id))
+                planned += 1
+            else:
+                self._move_row(row, JobState.SKIPPED)
+                self._end(row, CANCELLED)
+                row.lease_expires_at = None
+                finals.append((row.state.value, None, CANCELLED, self.now, row.attempts,
+                               row.fence, CANCELLED, self.now, row.id))
+                leases.append((row.id, row.fence))
+        if skips:
+            await self.tx.skip_planned(skips)
+        if finals:
+            await self.tx.finish(finals)
+        return CancelResult(
+            planned=planned, leased=len(leases), leases=tuple(leases),
+            finished=tuple(finished), other_state=tuple(other),
+            not_found=tuple(k for k in wanted or () if k not in seen))
+
     async def lease(self, order: LeaseOrder) -> list[Job]:
         """Lease up to ``order.n`` due jobs: fence and attempts go up by one."""
         await self.flush()
         check_transition(JobState.PLANNED, JobState.LEASED)
-        rows = await self.tx.lease_due(order, self.now)
+        if order.limits is None:
+            rows = await self.tx.lease_due(order, self.now)
+        else:
+            rows = await self.lease_limited(order, order.limits)
         now = self.now
         loads = json.loads
         default_seconds = order.default_lease_seconds
@@ -496,6 +704,69 @@ class _Batch:
             ))
         self.move(JobState.PLANNED, JobState.LEASED, len(jobs))
         return jobs
+
+    async def lease_limited(self, order: LeaseOrder,
+                            rules: Mapping[str, LimitRule]) -> list[DueRow]:
+        """Lease in rank order, skipping jobs whose limit key has no room (`syncward.limits`).
+
+        The jobs without a limit key and each limit key's due jobs are merged by rank,
+        each key's read a chunk at a time as the merge reaches it; a limited candidate
+        takes its key's room (concurrency, then the rate) as it is chosen, and once a key
+        has no room, none of its later jobs are read. ``wake_at`` says when a key held
+        back by its rate or a hold may start again (a key at its concurrency starts again
+        when one of its leases ends: the syncer looks again then).
+        """
+        tx, now, n = self.tx, self.now, order.n
+        usage = await tx.limit_usage()
+        free = await tx.due_ids(now, None, n)
+        heads: list[tuple[float, int, int]] = [(rank, job_id, -1) for rank, job_id in free[:1]]
+        budgets: list[KeyBudget] = []
+        streams: list[_KeyStream] = []
+        waiting = False
+        keys = await tx.planned_limit_keys()
+        chunk = max(_MIN_CHUNK, 2 * n // max(1, len(keys)))
+        for key in keys:
+            leased, tat, held = usage.get(key, (0, None, None))
+            budget = KeyBudget(key, rules.get(split_limit_key(key)), leased, tat, held)
+            budgets.append(budget)
+            room = n if budget.rule is None else _room(budget, n, now)
+            if room <= 0:  # held or rate-bound: it says when; at its concurrency: a lease
+                # of this runtime that ends wakes the syncer, another's does not: look again
+                waiting = waiting or budget.blocked_until(now) is None
+                continue
+            stream = _KeyStream(budget, room, min(room, chunk))
+            await stream.fill(tx, now)
+            if stream.rows:
+                heads.append((*stream.rows[0], len(streams)))
+            waiting = waiting or stream.short
+            streams.append(stream)
+        heapq.heapify(heads)
+        chosen: list[int] = []
+        next_free = 1
+        while heads and len(chosen) < n:
+            _, job_id, which = heapq.heappop(heads)
+            if which < 0:
+                chosen.append(job_id)
+                if next_free < len(free):
+                    heapq.heappush(heads, (*free[next_free], -1))
+                    next_free += 1
+                continue
+            stream = streams[which]
+            if not stream.budget.take(now):
+                continue  # no room left: nothing later of this key can start either
+            chosen.append(job_id)
+            head = await stream.advance(tx, now)
+            waiting = waiting or stream.short
+            if head is not None:
+                heapq.heappush(heads, (*head, which))
+        wake = [at for b in budgets if (at := b.blocked_until(now)) is not None]
+        if waiting:
+            wake.append(now + LIMIT_POLL)
+        self.wake_at = min(wake, default=None)
+        changed = [(b.key, b.tat, b.held_until) for b in budgets if b.changed]
+        if changed:
+            await tx.save_limits(changed)
+        return await tx.lease_ids(order, now, chosen) if chosen else []
 
     # --- workers and reconciliation ----------------------------------------------------
 

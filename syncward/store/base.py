@@ -208,8 +208,10 @@ class StoreReader(Protocol):
         """The jobs leased to ``boot_id``, as a downloader would receive them."""
         ...
 
-    async def next_due(self) -> float | None:
-        """When the earliest planned job is due (None: nothing planned)."""
+    async def next_due(self, *, limited: bool = True) -> float | None:
+        """When the earliest planned job is due (None: nothing planned); without
+        ``limited``, among jobs with no limit key only (a runtime that declares limits
+        learns when its limited jobs may start from the lease itself)."""
         ...
 
     async def retrying_count(self, *, limit: int = 10_000) -> int:

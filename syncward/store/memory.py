@@ -14,13 +14,16 @@ it, as a dead process would, leaves its leases for the next owner to reclaim.
 Design note: a transaction is an undo log. Each first change of a row (or key) within
 a transaction records how to put it back; a rollback replays the log backwards. The
 port never suspends, so the applier runs to completion on the event loop thread and no
-reader can observe a half-applied batch. Due jobs live in a heap keyed by
-``(next_attempt_at, id)`` with lazy deletion, so leasing does not scan the table.
+reader can observe a half-applied batch. Planned jobs wait in heaps keyed by
+``(next_attempt_at, id)`` (one for jobs with a limit key, one for the others) and, once
+due, move to heaps keyed by rank (due time minus priority; one per limit key), all with
+lazy deletion, so leasing does not scan the table.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 import json
 import os
@@ -53,11 +56,13 @@ if TYPE_CHECKING:
     from syncward.store.base import StoreHooks
     from syncward.store.port import (
         FinalWrite,
+        ImportRow,
         InsertJob,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
         RequeueWrite,
+        SkipWrite,
         StageWrite,
     )
     from syncward.supervisor import Actor
@@ -93,6 +98,11 @@ class _Job:
     ended_by: str | None = None
     last_error: str | None = None
     result: str | None = None
+    priority: int = 0
+    limit_key: str | None = None
+
+
+_Ranked = tuple[float, int, float]  # (rank, id, due)
 
 
 @dataclass
@@ -102,6 +112,11 @@ class _Data:
     jobs: dict[int, _Job] = field(default_factory=dict)
     by_key: dict[bytes, int] = field(default_factory=dict)
     due: list[tuple[float, int]] = field(default_factory=list)  # heap, lazily cleaned
+    due_limited: list[tuple[float, int]] = field(default_factory=list)  # with a limit key
+    ready: list[_Ranked] = field(default_factory=list)  # due, by rank; no limit key
+    ready_limited: dict[str, list[_Ranked]] = field(default_factory=dict)  # by limit key
+    leased_limited: dict[str, set[int]] = field(default_factory=dict)  # lazily cleaned
+    limits: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     ops: dict[bytes, tuple[int, str, str, float]] = field(default_factory=dict)
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -117,7 +132,60 @@ class _Data:
     last_commit_at: float | None = None
 
     def push_due(self, job: _Job) -> None:
-        heapq.heappush(self.due, (job.next_attempt_at, job.id))
+        heapq.heappush(self.due if job.limit_key is None else self.due_limited,
+                       (job.next_attempt_at, job.id))
+
+    def waiting(self, job_id: int, due: float) -> _Job | None:
+        """The job of a heap entry, if the entry is still current (else it is stale)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state is not _PLANNED or job.next_attempt_at != due:
+            return None
+        return job
+
+    def promote(self, now: float) -> None:
+        """Move the jobs due at ``now`` from the waiting heaps to the rank heaps. Only
+        entries move, never rows: a rollback leaves them valid or lazily stale."""
+        for heap in (self.due, self.due_limited):
+            while heap and heap[0][0] <= now:
+                due, job_id = heapq.heappop(heap)
+                job = self.waiting(job_id, due)
+                if job is None:
+                    continue
+                entry = (due - job.priority, job_id, due)
+                if job.limit_key is None:
+                    heapq.heappush(self.ready, entry)
+                else:
+                    heapq.heappush(self.ready_limited.setdefault(job.limit_key, []), entry)
+
+    def peek(self, heap: list[_Ranked], n: int,
+             undo: list[Callable[[], None]] | None = None) -> list[_Ranked]:
+        """Up to ``n`` current entries of a rank heap, best first, left in the heap; stale
+        ones on the way are dropped (put back on rollback when ``undo`` is given: a job
+        this transaction leased is planned again if it rolls back)."""
+        out: list[_Ranked] = []
+        dropped: list[_Ranked] = []
+        while heap and len(out) < n:
+            entry = heapq.heappop(heap)
+            if self.waiting(entry[1], entry[2]) is not None:
+                out.append(entry)
+            else:
+                dropped.append(entry)
+        for entry in out:
+            heapq.heappush(heap, entry)
+        if undo is not None and dropped:
+            def put_back() -> None:
+                for entry in dropped:
+                    heapq.heappush(heap, entry)
+            undo.append(put_back)
+        return out
+
+    def next_waiting(self, heap: list[tuple[float, int]]) -> float | None:
+        while heap:
+            due, job_id = heap[0]
+            if self.waiting(job_id, due) is not None:
+                return due
+            heapq.heappop(heap)
+        return None
 
 
 _NAMED: dict[str, _Data] = {}
@@ -188,7 +256,8 @@ class _MemoryTx:
     async def insert_jobs(self, rows: Sequence[InsertJob]) -> set[bytes]:
         inserted: set[bytes] = set()
         d = self.d
-        for key, identity, payload, max_attempts, next_at, lease_s, timeout, token, now in rows:
+        for (key, identity, payload, max_attempts, next_at, lease_s, timeout, token, now,
+             priority, limit_key) in rows:
             if key in d.by_key:
                 continue
             job_id = d.counters["job"] + 1
@@ -196,11 +265,42 @@ class _MemoryTx:
             job = _Job(id=job_id, key=key, identity=identity, payload=payload, state=_PLANNED,
                        max_attempts=max_attempts, next_attempt_at=next_at,
                        lease_seconds=lease_s, timeout=timeout, created_by=token,
-                       created_at=now, updated_at=now)
+                       created_at=now, updated_at=now, priority=priority, limit_key=limit_key)
             self._set(d.jobs, job_id, job)
             self._saved_jobs.add(job_id)  # new: the undo above removes it whole
             self._set(d.by_key, key, job_id)
             self._push_due(job)
+            inserted.add(key)
+        return inserted
+
+    async def existing(self, keys: Sequence[bytes]) -> dict[bytes, tuple[JobState, int | None]]:
+        found: dict[bytes, tuple[JobState, int | None]] = {}
+        for key in keys:
+            job_id = self.d.by_key.get(key)
+            if job_id is not None:
+                job = self.d.jobs[job_id]
+                found[key] = (job.state, job.created_by)
+        return found
+
+    async def insert_imported(self, rows: Sequence[ImportRow]) -> set[bytes]:
+        inserted: set[bytes] = set()
+        d = self.d
+        for (key, identity, payload, state, result, error, attempts, max_attempts, next_at,
+             token, now) in rows:
+            if key in d.by_key:
+                continue
+            job_id = d.counters["job"] + 1
+            self._set(d.counters, "job", job_id)
+            job = _Job(id=job_id, key=key, identity=identity, payload=payload,
+                       state=JobState(state), max_attempts=max_attempts,
+                       next_attempt_at=next_at, lease_seconds=None, timeout=None,
+                       created_by=token, created_at=now, updated_at=now, attempts=attempts,
+                       last_error=error, result=result)
+            self._set(d.jobs, job_id, job)
+            self._saved_jobs.add(job_id)  # new: the undo above removes it whole
+            self._set(d.by_key, key, job_id)
+            if job.state is _PLANNED:
+                self._push_due(job)
             inserted.add(key)
         return inserted
 
@@ -255,14 +355,21 @@ class _MemoryTx:
 
     async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
         d = self.d
+        d.promote(now)
+        best = d.peek(d.ready, order.n, self._undo)
+        for heap in d.ready_limited.values():  # none unless limit keys were ever stored
+            best.extend(d.peek(heap, order.n, self._undo))
+        best.sort()
+        return await self.lease_ids(order, now, [entry[1] for entry in best[:order.n]])
+
+    async def lease_ids(self, order: LeaseOrder, now: float,
+                        ids: Sequence[int]) -> list[DueRow]:
+        d = self.d
         out: list[DueRow] = []
-        popped: list[tuple[float, int]] = []
-        while d.due and len(out) < order.n and d.due[0][0] <= now:
-            entry = heapq.heappop(d.due)
-            job = d.jobs.get(entry[1])
-            if job is None or job.state is not _PLANNED or job.next_attempt_at != entry[0]:
-                continue  # stale entry: the job moved on since it was pushed
-            popped.append(entry)
+        for job_id in ids:
+            job = d.jobs.get(job_id)
+            if job is None or job.state is not _PLANNED:
+                continue
             job = self._touch(job)
             seconds = (job.lease_seconds if job.lease_seconds is not None
                        else order.default_lease_seconds)
@@ -270,16 +377,57 @@ class _MemoryTx:
             job.lease_expires_at, job.updated_at = now + seconds, now
             job.fence += 1
             job.attempts += 1
+            if job.limit_key is not None:
+                held = d.leased_limited.setdefault(job.limit_key, set())
+                if job.id not in held:
+                    held.add(job.id)
+                    self._undo.append(functools.partial(held.discard, job.id))
             out.append(DueRow(job.id, job.key, job.identity, job.payload, job.attempts,
                               job.max_attempts, job.stage, job.fence, job.lease_seconds,
-                              job.timeout, job.next_attempt_at))
-        heap = d.due
+                              job.timeout, job.next_attempt_at, job.priority))
+        out.sort(key=lambda row: row.rank)
+        return out  # the rank-heap entries of these jobs are stale now (state leased)
 
-        def restore() -> None:
-            for entry in popped:
-                heapq.heappush(heap, entry)
-        self._undo.append(restore)
-        return out
+    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
+        d = self.d
+        usage: dict[str, tuple[int, float | None, float | None]] = {
+            key: (0, tat, held) for key, (tat, held) in d.limits.items()}
+        for key, ids in d.leased_limited.items():
+            n = sum(1 for i in ids if d.jobs[i].state is _LEASED)  # stale ids stay: harmless
+            if n:
+                _, tat, held = usage.get(key, (0, None, None))
+                usage[key] = (n, tat, held)
+        return usage
+
+    async def planned_limit_keys(self) -> list[str]:
+        d = self.d
+        keys = {key for key, heap in d.ready_limited.items() if d.peek(heap, 1, self._undo)}
+        for due, job_id in d.due_limited:
+            job = d.waiting(job_id, due)
+            if job is not None and job.limit_key is not None:
+                keys.add(job.limit_key)
+        return sorted(keys)
+
+    async def due_ids(self, now: float, key: str | None, n: int, *,
+                      after: tuple[float, int] | None = None) -> list[tuple[float, int]]:
+        d = self.d
+        d.promote(now)
+        heap = d.ready if key is None else d.ready_limited.get(key, [])
+        if after is None:
+            return [(rank, job_id) for rank, job_id, _ in d.peek(heap, n, self._undo)]
+        # The next page: the heap is not a sorted list, so read past the earlier pages.
+        best = d.peek(heap, len(heap), self._undo)
+        return [(rank, job_id) for rank, job_id, _ in best if (rank, job_id) > after][:n]
+
+    async def save_limits(self, rows: Sequence[tuple[str, float | None, float | None]]
+                          ) -> None:
+        for key, tat, held in rows:
+            self._set(self.d.limits, key, (tat, held))
+
+    async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
+        for key, until in rows:
+            tat, held = self.d.limits.get(key, (None, None))
+            self._set(self.d.limits, key, (tat, until if held is None else max(held, until)))
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
                                  decided_at: float) -> list[int]:
@@ -298,6 +446,23 @@ class _MemoryTx:
             job.state, job.attempts, job.next_attempt_at = _PLANNED, 0, next_at
             job.result, job.updated_at = None, now
             self._push_due(job)
+
+    async def cancel_candidates(self, states: Collection[JobState],
+                                keys: Sequence[bytes] | None,
+                                created_before: float) -> list[FencedRow]:
+        if keys is None:
+            ids = [j.id for j in self.d.jobs.values()
+                   if j.state in states and j.created_at <= created_before]
+        else:
+            ids = [i for i in (self.d.by_key.get(k) for k in keys) if i is not None]
+        return sorted(await self.load(ids), key=lambda row: row.id)
+
+    async def skip_planned(self, writes: Sequence[SkipWrite]) -> None:
+        for error, now, job_id in writes:
+            job = self._job(job_id)
+            if job is not None and job.state is _PLANNED:
+                job.state = JobState.SKIPPED  # its heap entry is left to lazy deletion
+                job.last_error, job.updated_at = error, now
 
     async def count_by_state(self) -> dict[JobState, int]:
         return _count(self.d)
@@ -422,7 +587,8 @@ class _MemoryTx:
 
 def _fenced(j: _Job) -> FencedRow:
     return FencedRow(j.id, j.state, j.fence, j.attempts, j.max_attempts, j.stage,
-                     j.lease_expires_at, j.key, j.ended_fence, j.ended_by)
+                     j.lease_expires_at, j.key, j.ended_fence, j.ended_by,
+                     limit_key=j.limit_key)
 
 
 def _count(d: _Data) -> dict[JobState, int]:
@@ -573,15 +739,15 @@ class MemoryStore:
                 for j in sorted(self._d.jobs.values(), key=lambda j: j.id)
                 if j.state is _LEASED and j.lease_boot == boot_id]
 
-    async def next_due(self) -> float | None:
-        heap, jobs = self._d.due, self._d.jobs
-        while heap:
-            at, job_id = heap[0]
-            job = jobs.get(job_id)
-            if job is not None and job.state is _PLANNED and job.next_attempt_at == at:
-                return at
-            heapq.heappop(heap)
-        return None
+    async def next_due(self, *, limited: bool = True) -> float | None:
+        d = self._d
+        found = [d.next_waiting(d.due)]
+        found.extend(entry[2] for entry in d.peek(d.ready, 1))
+        if limited:
+            found.append(d.next_waiting(d.due_limited))
+            for heap in d.ready_limited.values():
+                found.extend(entry[2] for entry in d.peek(heap, 1))
+        return min((at for at in found if at is not None), default=None)
 
     async def retrying_count(self, *, limit: int = 10_000) -> int:
         n = sum(1 for j in self._d.jobs.values() if j.state is _PLANNED and j.attempts > 0)

@@ -35,12 +35,14 @@ __all__ = [
     "DueRow",
     "FencedRow",
     "FinalWrite",
+    "ImportRow",
     "InsertJob",
     "LostLeases",
     "OpWrite",
     "ReleaseWrite",
     "RenewWrite",
     "RequeueWrite",
+    "SkipWrite",
     "StageWrite",
     "WriteTx",
     "run_to_completion",
@@ -49,9 +51,15 @@ __all__ = [
 T = TypeVar("T")
 
 #: (key, identity JSON, payload JSON, max_attempts, next_attempt_at, lease_seconds,
-#:  timeout, created_by token, created_at = updated_at)
+#:  timeout, created_by token, created_at = updated_at, priority, limit key)
 InsertJob: TypeAlias = tuple[bytes, str, str, int, float, "float | None", "float | None", int,
-                             float]
+                             float, int, "str | None"]
+#: (key, identity JSON, payload JSON, state, result JSON, last_error, attempts,
+#:  max_attempts, next_attempt_at, created_by token, created_at = updated_at) — an
+#:  imported job, created in its state (never leased); the columns not named take their
+#:  defaults.
+ImportRow: TypeAlias = tuple[bytes, str, str, str, "str | None", "str | None", int, int, float,
+                             int, float]
 #: (lease_expires_at, updated_at, job id, fence)
 RenewWrite: TypeAlias = tuple[float, float, int, int]
 #: (stage, updated_at, job id, fence)
@@ -66,6 +74,9 @@ ReleaseWrite: TypeAlias = tuple[int, float, int, float, int]
 OpWrite: TypeAlias = tuple[bytes, int, str, str, float]
 #: (next_attempt_at, updated_at, job id) — planned, attempts 0, result cleared.
 RequeueWrite: TypeAlias = tuple[float, float, int]
+#: (last_error, updated_at, job id) — a planned job skipped (cancelled); its other
+#:  columns are kept.
+SkipWrite: TypeAlias = tuple[str, float, int]
 
 
 @dataclass(slots=True)
@@ -83,6 +94,7 @@ class FencedRow:
     ended_fence: int | None  # the last lease that ended, and what ended it: a redelivered
     ended_by: str | None  # outcome is recognised as already applied by these
     ended_here: bool = False  # ended by a message of this very batch
+    limit_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +113,12 @@ class DueRow:
     lease_seconds: float | None
     timeout: float | None
     next_attempt_at: float
+    priority: int = 0
+
+    @property
+    def rank(self) -> tuple[float, int]:
+        """Its place in the lease order: due time minus priority, then id."""
+        return self.next_attempt_at - self.priority, self.id
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +152,17 @@ class WriteTx(Protocol):
         """``(run id, line, key)``, unless present."""
         ...
 
+    async def existing(self, keys: Sequence[bytes]) -> dict[bytes, tuple[JobState, int | None]]:
+        """For the keys that have a job: its state and the token of the message that
+        created it (committed rows, and this transaction's own)."""
+        ...
+
+    async def insert_imported(self, rows: Sequence[ImportRow]) -> set[bytes]:
+        """Insert imported jobs in their states unless their key exists (distinct keys);
+        returns the keys inserted (a shared store: not those another writer inserted
+        first)."""
+        ...
+
     async def renew(self, writes: Sequence[RenewWrite]) -> None: ...
 
     async def set_stages(self, writes: Sequence[StageWrite]) -> None: ...
@@ -143,11 +172,44 @@ class WriteTx(Protocol):
     async def release(self, writes: Sequence[ReleaseWrite]) -> None: ...
 
     async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
-        """Lease up to ``order.n`` planned jobs due at ``now``, the oldest due first (ties
-        by id), skipping rows another transaction holds, in one statement: leased to
-        ``order.owner`` and ``order.boot_id``, fence and attempts one up, expiring at
-        ``now`` plus the job's own lease seconds or ``order.default_lease_seconds``.
-        Returns them in that order."""
+        """Lease up to ``order.n`` planned jobs due at ``now`` in rank order (due time
+        minus priority, ties by id), limit keys ignored, skipping rows another transaction
+        holds, in one statement: leased to ``order.owner`` and ``order.boot_id``, fence
+        and attempts one up, expiring at ``now`` plus the job's own lease seconds or
+        ``order.default_lease_seconds``. Returns them in that order."""
+        ...
+
+    # --- limits per key (`syncward.limits`; the applier decides, these read and write) --
+
+    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
+        """For every limit key with leased jobs or a rate state: ``(jobs leased now, tat,
+        held_until)``. A shared store first takes a transaction lock that serialises
+        limited leasing across its writers, so the counts hold for the whole cluster."""
+        ...
+
+    async def planned_limit_keys(self) -> list[str]:
+        """The limit keys that have planned jobs (due or not)."""
+        ...
+
+    async def due_ids(self, now: float, key: str | None, n: int, *,
+                      after: tuple[float, int] | None = None) -> list[tuple[float, int]]:
+        """``(rank, id)`` of up to ``n`` planned jobs due at ``now`` in rank order: those
+        without a limit key when ``key`` is None, otherwise that key's (those ranked after
+        ``after``, when given: the next page)."""
+        ...
+
+    async def lease_ids(self, order: LeaseOrder, now: float,
+                        ids: Sequence[int]) -> list[DueRow]:
+        """Lease these jobs (still planned) as `lease_due` does; returns them in rank order."""
+        ...
+
+    async def save_limits(self, rows: Sequence[tuple[str, float | None, float | None]]
+                          ) -> None:
+        """Store ``(key, tat, held_until)`` rate states (insert or replace)."""
+        ...
+
+    async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
+        """Hold these keys back until at least the given times (a later hold is kept)."""
         ...
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
@@ -156,6 +218,18 @@ class WriteTx(Protocol):
         ...
 
     async def requeue(self, writes: Sequence[RequeueWrite]) -> None: ...
+
+    async def cancel_candidates(self, states: Collection[JobState],
+                                keys: Sequence[bytes] | None,
+                                created_before: float) -> list[FencedRow]:
+        """The rows a cancel looks at, as `load` gives them (locked if shared), by id:
+        with ``keys``, those keys' jobs whatever their state; without, every job in
+        ``states`` created at or before ``created_before``."""
+        ...
+
+    async def skip_planned(self, writes: Sequence[SkipWrite]) -> None:
+        """Planned jobs to skipped (those still planned)."""
+        ...
 
     async def count_by_state(self) -> dict[JobState, int]:
         """The store's totals by state as of this transaction, every state present (an

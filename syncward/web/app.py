@@ -116,6 +116,7 @@ def _routes(api: Api) -> list[Route | Mount]:
         Route("/api/overview", api.overview, methods=["GET"]),
         Route("/api/jobs", api.jobs, methods=["GET"]),
         Route("/api/jobs/retry", api.retry, methods=["POST"]),
+        Route("/api/jobs/cancel", api.cancel, methods=["POST"]),
         Route("/api/jobs/{key}", api.job, methods=["GET"]),
         Route("/api/workers", api.workers, methods=["GET"]),
         Route("/api/reconciliation", api.reconciliation, methods=["GET"]),

@@ -116,6 +116,9 @@ class LiveView:
     async def retry(self, keys: list[str] | None) -> dict[str, Any]:
         return (await self.runtime.retry_failed(keys)).as_dict()
 
+    async def cancel(self, keys: list[str] | None, state: str | None) -> dict[str, Any]:
+        return (await self.runtime.cancel(keys, state=state)).as_dict()
+
     async def pause(self, paused: bool) -> dict[str, Any]:
         if paused:
             self.runtime.pause()

@@ -7,8 +7,9 @@ Read routes (no token): ``GET /health`` (200 healthy, 503 not, with the reasons)
 
 Admin routes (``POST``, ``Authorization: Bearer <token>``, see `syncward.web.auth`):
 ``/api/stats/refresh``, ``/api/reconciliation?dry_run=1``, ``/api/jobs/retry`` (body
-``{"keys": [...]}`` or ``{"all": true}``), ``/api/pause``, ``/api/resume``. The token is
-checked before the body is read.
+``{"keys": [...]}`` or ``{"all": true}``), ``/api/jobs/cancel`` (body ``{"keys": [...]}``,
+``{"state": "planned"}`` or ``"leased"``, or both: those keys in that state),
+``/api/pause``, ``/api/resume``. The token is checked before the body is read.
 
 Every handler runs inside `_answer`, which turns the errors routes raise into JSON: 400
 for bad input, 404, 409 (a watcher cannot act), 413, 503 while the runtime stops or the
@@ -155,6 +156,14 @@ class Api:
         return Json(await self.view.retry(keys))
 
     @_answer
+    async def cancel(self, request: Request) -> Response:
+        refused = self.guard.refuse(request)
+        if refused is not None:
+            return refused
+        keys, state = _cancel_body(await read_json(request, limit=self.config.max_body))
+        return Json(await self.view.cancel(keys, state))
+
+    @_answer
     async def pause(self, request: Request) -> Response:
         return self.guard.refuse(request) or Json(await self.view.pause(True))
 
@@ -180,6 +189,28 @@ def _retry_keys(body: Any) -> list[str] | None:
     if not isinstance(keys, list) or not keys or len(keys) > _MAX_KEYS:
         raise ApiError(400, f"keys: expected a list of 1 to {_MAX_KEYS} job keys")
     return [job_key_param(k) for k in keys]
+
+
+def _cancel_body(body: Any) -> tuple[list[str] | None, str | None]:
+    """``{"keys": [...]}``, ``{"state": "planned" | "leased"}``, or both.
+
+    Raises:
+        ApiError: 400 for any other body.
+    """
+    usage = ('body: expected {"keys": ["<job key>", ...]} and/or '
+             '{"state": "planned" | "leased"}')
+    if not isinstance(body, dict) or not body or set(body) - {"keys", "state"}:
+        raise ApiError(400, usage)
+    state = body.get("state")
+    if state is not None and state not in ("planned", "leased"):
+        raise ApiError(400, 'state: expected "planned" or "leased"')
+    keys = body.get("keys")
+    if keys is not None and (not isinstance(keys, list) or not keys
+                             or len(keys) > _MAX_KEYS):
+        raise ApiError(400, f"keys: expected a list of 1 to {_MAX_KEYS} job keys")
+    if keys is None and state is None:
+        raise ApiError(400, usage)
+    return (None if keys is None else [job_key_param(k) for k in keys]), state
 
 
 @functools.cache

@@ -222,6 +222,9 @@ class StoreView:
     async def retry(self, keys: list[str] | None) -> dict[str, Any]:
         raise ApiError(409, _READ_ONLY)
 
+    async def cancel(self, keys: list[str] | None, state: str | None) -> dict[str, Any]:
+        raise ApiError(409, _READ_ONLY)
+
     async def pause(self, paused: bool) -> dict[str, Any]:
         raise ApiError(409, _READ_ONLY)
 

@@ -176,3 +176,34 @@ async def test_it_sends_nothing_while_it_holds_nothing() -> None:
         for _ in range(10):
             assert await rig.advance(DEFAULT) == []
     assert renewer.renewals == 0
+
+
+async def test_a_refused_renewal_ends_the_lease_here_and_it_is_not_renewed_again() -> None:
+    from syncward.actors.attempts import Attempts
+    from syncward.messages import NotRenewed
+
+    rig = Rig()
+    gone, kept = job(1), job(2)
+    rig.hold(gone, kept)
+    attempts = Attempts(rig.work)
+    renewer = LeaseRenewer(work=rig.work, syncer=rig.syncer, clock=rig.clock,
+                           default_lease_seconds=DEFAULT, attempts=attempts)
+    async with running(renewer):
+        sent = await rig.advance(10.0)
+        sent += await rig.advance(10.0)
+        (msg,) = sent
+        assert isinstance(msg, Renew) and msg.reply is not None
+        assert sorted(msg.items) == sorted(renew(gone, kept).items)
+        msg.reply.set(NotRenewed("1 lease(s) were no longer held",
+                                 leases=((gone.id, gone.fence),)))  # what the commit says
+        await anyio.wait_all_tasks_blocked()
+        assert attempts.ended(gone.id, gone.fence)
+        assert not attempts.ended(kept.id, kept.fence)
+        later = await rig.advance(10.0)
+        later += await rig.advance(10.0)
+        assert await rig.work.receive("downloader-1") is gone
+        assert attempts.start(gone) is None  # a downloader taking it never starts it
+        rig.work.ack("downloader-1")
+    assert [m.items for m in later if isinstance(m, Renew)] == [renew(kept).items]
+    assert renewer.lost == 1
+    assert not attempts.ended(gone.id, gone.fence)  # forgotten once dropped

@@ -27,11 +27,17 @@ from store_helpers import (
 )
 
 from syncward.errors import StoreError, StoreLocked
+from syncward.imports import ImportRecord, to_import_job
 from syncward.jobs import JobState, canonical_identity, job_key, op_key
 from syncward.messages import (
     Accepted,
+    Cancel,
+    CancelResult,
     Effect,
     EffectResult,
+    Import,
+    ImportConflict,
+    ImportResult,
     LeaseOrder,
     Outcome,
     OutcomeKind,
@@ -532,6 +538,117 @@ async def test_lost_lease_rule_and_its_sql_twin_agree(backend: Backend, attempts
         reaped.attempts, reaped.next_attempt_at, reaped.lease_owner)
 
 
+# --- cancel ------------------------------------------------------------------------------
+
+
+async def test_cancel_skips_planned_and_leased_jobs_and_leaves_finished_ones(
+        store: Store) -> None:
+    await submit(store, *(new_job({"n": i}) for i in range(1, 6)))
+    done, running = await lease(store, 2, now=T0)
+    await store.apply([Outcome(done.id, done.fence, OutcomeKind.SUCCEEDED, result='"ok"')],
+                      now=T0 + 1)
+    op = op_key("upload", running.key)
+    await store.apply([Stage(running.id, running.fence, "uploaded"),
+                       Effect(running.id, running.fence, op, "upload", '{"etag":"A"}')],
+                      now=T0 + 2)
+    planned, unknown = job_key({"n": 3}), job_key({"n": "nobody"})
+    result = await store.apply([Cancel(keys=(done.key, running.key, planned, unknown,
+                                             planned), decided_at=T0 + 3)], now=T0 + 3)
+    assert result.results == [CancelResult(
+        planned=1, leased=1, leases=((running.id, running.fence),), finished=(done.key,),
+        not_found=(unknown,))]
+    assert result.deltas == {JobState.PLANNED: -1, JobState.LEASED: -1, JobState.SKIPPED: 2}
+    cancelled = await row(store, {"n": 2})
+    assert (cancelled.state, cancelled.last_error, cancelled.stage, cancelled.lease_owner,
+            cancelled.lease_expires_at) == (JobState.SKIPPED, "cancelled", "uploaded", None,
+                                            None)
+    assert ((await row(store, {"n": 3})).state, (await row(store, {"n": 3})).last_error) == (
+        JobState.SKIPPED, "cancelled")
+    assert (await row(store, {"n": 1})).state is JobState.SUCCEEDED  # left alone
+    assert await store.active_leases() == []
+    assert await store.get_op(op) == '{"etag":"A"}'  # a committed effect stays committed
+
+    # The owner of the cancelled lease goes on: everything it sends is stale.
+    rejections = await store.rejection_count()
+    late = await store.apply([
+        Stage(running.id, running.fence, "verified"),
+        Effect(running.id, running.fence, op_key("upload", running.key, part=2), "upload",
+               '{"etag":"B"}'),
+        Renew(((running.id, running.fence, 30.0),)),
+        Outcome(running.id, running.fence, OutcomeKind.SUCCEEDED, result='"late"'),
+    ], now=T0 + 4)
+    assert all(isinstance(r, Rejected) for r in late.results), late.results
+    assert late.deltas == {}
+    assert await store.rejection_count() == rejections + 4
+    after = await row(store, {"n": 2})
+    assert (after.state, after.stage, after.result) == (JobState.SKIPPED, "uploaded", None)
+    assert await store.ops_count() == (1, 1)
+    # Skipped jobs are never leased again; the others are.
+    assert sorted(j.identity["n"] for j in await lease(store, 10, now=T0 + 5)) == [4, 5]
+    assert await store.counts() == {JobState.PLANNED: 0, JobState.LEASED: 2,
+                                    JobState.SUCCEEDED: 1, JobState.FAILED: 0,
+                                    JobState.SKIPPED: 2}
+
+
+async def test_cancel_by_state(store: Store) -> None:
+    await submit(store, *(new_job({"n": i}) for i in range(4)))
+    (leased,) = await lease(store, 1, now=T0)
+    # Created after the cancel was decided (a redelivered Cancel): not cancelled.
+    early = await store.apply([Cancel(state=JobState.PLANNED, decided_at=T0 - 1)], now=T0 + 1)
+    assert early.results == [CancelResult()] and early.deltas == {}
+    planned = await store.apply([Cancel(state=JobState.PLANNED, decided_at=T0 + 1)],
+                                now=T0 + 1)
+    assert planned.results == [CancelResult(planned=3)]
+    assert (await row(store, leased.identity)).state is JobState.LEASED
+    both = await store.apply([Cancel(decided_at=T0 + 2)], now=T0 + 2)  # planned and leased
+    assert both.results == [CancelResult(leased=1, leases=((leased.id, leased.fence),))]
+    assert both.deltas == {JobState.LEASED: -1, JobState.SKIPPED: 1}
+    counts = await store.counts()
+    assert (counts[JobState.SKIPPED], sum(counts.values())) == (4, 4)
+    with pytest.raises(ValueError, match="planned or leased"):
+        Cancel(state=JobState.FAILED)
+
+
+async def test_cancel_keys_in_another_state_are_listed_not_cancelled(store: Store) -> None:
+    await submit(store, new_job({"n": 1}), new_job({"n": 2}))
+    (leased,) = await lease(store, 1, now=T0)
+    other = job_key({"n": 2})
+    result = await store.apply([Cancel(keys=(leased.key, other), state=JobState.PLANNED)],
+                               now=T0 + 1)
+    assert result.results == [CancelResult(planned=1, other_state=(leased.key,))]
+    assert (await row(store, leased.identity)).state is JobState.LEASED
+
+
+async def test_cancel_in_a_batch_sees_and_is_seen_by_its_neighbours(backend: Backend) -> None:
+    """The view stays consistent: a stage before the cancel commits, an outcome after it
+    is stale; the same batch applied again changes nothing more."""
+    once = await backend.open("once")
+    twice = await backend.open("twice")
+    for store in (once, twice):
+        await submit(store, new_job({"n": 1}), new_job({"n": 2}))
+        job, other = await lease(store, 2, now=T0)
+    batch: list[SyncerMsg] = [
+        Stage(job.id, job.fence, "half-way"),
+        Cancel(keys=(job.key,), decided_at=T0 + 1),
+        Outcome(job.id, job.fence, OutcomeKind.SUCCEEDED, result='"late"'),
+        Outcome(other.id, other.fence, OutcomeKind.SUCCEEDED, result='"ok"'),
+    ]
+    first = await once.apply(batch, now=T0 + 1)
+    assert first.results[0] == ACCEPTED
+    assert first.results[1] == CancelResult(leased=1, leases=((job.id, job.fence),))
+    assert isinstance(first.results[2], Rejected) and first.results[3] == ACCEPTED
+    assert first.deltas == {JobState.LEASED: -2, JobState.SKIPPED: 1, JobState.SUCCEEDED: 1}
+    await twice.apply(batch, now=T0 + 1)
+    again = await twice.apply(batch, now=T0 + 1)  # redelivered after its commit
+    assert again.deltas == {}
+    assert again.results[1] == CancelResult(finished=(job.key,))
+    for store in (once, twice):
+        cancelled = await row(store, {"n": 1})
+        assert (cancelled.state, cancelled.stage, cancelled.result) == (
+            JobState.SKIPPED, "half-way", None)
+        assert (await row(store, {"n": 2})).state is JobState.SUCCEEDED
+
+
 # --- the ledger, counts, workers, runs, metadata ------------------------------------------
 
 
@@ -753,3 +870,145 @@ async def test_the_totals_survive_the_writer_that_made_them(backend: Backend) ->
                             JobState.FAILED: 0, JobState.SKIPPED: 0}
     checked = await store.apply([Recount()], now=T0 + 4)
     assert checked.checked == checked.counts == after.counts
+
+
+# --- import: jobs created in their states, existing keys never changed --------------------
+
+
+def imported(identity: dict[str, Any], state: JobState = JobState.PLANNED, *, line: int = 1,
+             **fields: Any) -> Any:
+    return to_import_job(ImportRecord(identity=identity, state=state, **fields),
+                         max_attempts=3, line=line)
+
+
+def import_result(store_result: Any) -> ImportResult:
+    (result,) = store_result.results
+    assert isinstance(result, ImportResult)
+    return result
+
+
+async def test_import_creates_jobs_in_each_state(store: Store) -> None:
+    msg = Import((
+        imported({"n": 1}, line=1),
+        imported({"n": 2}, JobState.SUCCEEDED, line=2, result={"bytes": 10}, attempts=2),
+        imported({"n": 3}, JobState.FAILED, line=3, error="HTTP 404", attempts=3),
+        imported({"n": 4}, JobState.SKIPPED, line=4, error="duplicate content"),
+        imported({"n": 5}, JobState.SUCCEEDED, line=5, payload={"url": "u"}),
+    ))
+    applied = await store.apply([msg], now=T0)
+    assert import_result(applied) == ImportResult(
+        new={JobState.PLANNED: 1, JobState.SUCCEEDED: 2, JobState.FAILED: 1,
+             JobState.SKIPPED: 1})
+    assert applied.deltas == {JobState.PLANNED: 1, JobState.SUCCEEDED: 2, JobState.FAILED: 1,
+                              JobState.SKIPPED: 1}
+    assert await store.counts() == {JobState.PLANNED: 1, JobState.LEASED: 0,
+                                    JobState.SUCCEEDED: 2, JobState.FAILED: 1,
+                                    JobState.SKIPPED: 1}
+    done = await row(store, {"n": 2})
+    assert (done.state, done.result, done.attempts, done.max_attempts) == (
+        JobState.SUCCEEDED, {"bytes": 10}, 2, 3)
+    failed = await row(store, {"n": 3})
+    assert (failed.state, failed.last_error, failed.attempts) == (JobState.FAILED, "HTTP 404", 3)
+    assert (await row(store, {"n": 5})).payload == {"url": "u"}
+    # Only the planned job is leased; a failed one can be requeued (the dead-letter path).
+    assert [j.identity for j in await lease(store, 10, now=T0 + 1)] == [{"n": 1}]
+    assert (await store.apply([Requeue(keys=(job_key({"n": 3}),))], now=T0 + 2)
+            ).results == [1]
+    recount = await store.apply([Recount()], now=T0 + 3)
+    assert recount.checked == recount.counts == await store.counts()
+
+
+async def test_import_never_changes_an_existing_job(store: Store) -> None:
+    await submit(store, new_job({"n": 1}), new_job({"n": 2}))
+    (job,) = [j for j in await lease(store, 2, now=T0 + 1) if j.identity == {"n": 2}]
+    await store.apply([Outcome(job.id, job.fence, OutcomeKind.SUCCEEDED, result='{"a":1}')],
+                      now=T0 + 2)
+    before = await snapshot(store)
+    msg = Import((
+        imported({"n": 1}, JobState.SUCCEEDED, line=1),  # planned (leased) vs succeeded
+        imported({"n": 2}, JobState.SUCCEEDED, line=2, result={"b": 2}),  # same state
+        imported({"n": 2}, JobState.PLANNED, line=3),  # planned: already there
+        imported({"n": 2}, JobState.FAILED, line=4, error="x"),
+    ))
+    applied = await store.apply([msg], now=T0 + 3)
+    result = import_result(applied)
+    assert result.new == {} and result.unchanged == 2 and result.conflicts == 2
+    leased_or_planned = (await row(store, {"n": 1})).state
+    assert result.conflicts_listed == (
+        ImportConflict(job_key({"n": 1}), 1, leased_or_planned, JobState.SUCCEEDED),
+        ImportConflict(job_key({"n": 2}), 4, JobState.SUCCEEDED, JobState.FAILED))
+    assert applied.deltas == {}
+    assert await snapshot(store) == before
+    assert (await row(store, {"n": 2})).result == {"a": 1}
+
+
+async def test_import_lists_conflicts_boundedly_and_counts_them_exactly(store: Store) -> None:
+    n = 150
+    await store.apply([Import(tuple(imported({"n": i}, JobState.SUCCEEDED, line=i)
+                                    for i in range(n)))], now=T0)
+    result = import_result(await store.apply(
+        [Import(tuple(imported({"n": i}, JobState.SKIPPED, line=i) for i in range(n)))],
+        now=T0 + 1))
+    assert result.conflicts == n and len(result.conflicts_listed) == 100
+    assert [c.line for c in result.conflicts_listed] == list(range(100))
+
+
+async def test_import_of_a_key_twice_in_one_message(store: Store) -> None:
+    result = import_result(await store.apply([Import((
+        imported({"n": 1}, JobState.SUCCEEDED, line=1),
+        imported({"n": 1}, JobState.SUCCEEDED, line=2),
+        imported({"n": 1}, JobState.FAILED, line=3),
+    ))], now=T0))
+    assert result.new == {JobState.SUCCEEDED: 1}
+    assert (result.unchanged, result.conflicts) == (1, 1)
+    assert (await row(store, {"n": 1})).state is JobState.SUCCEEDED
+    assert (await store.counts())[JobState.SUCCEEDED] == 1
+
+
+@pytest.mark.parametrize("how", ["apply-dry-run", "message-dry-run"])
+async def test_import_dry_run_writes_nothing(store: Store, how: str) -> None:
+    await submit(store, new_job({"n": 1}))
+    before = await snapshot(store)
+    jobs = (imported({"n": 1}, JobState.SUCCEEDED, line=1),
+            imported({"n": 2}, JobState.SUCCEEDED, line=2),
+            imported({"n": 3}, line=3))
+    applied = await store.apply([Import(jobs, dry_run=how == "message-dry-run")], now=T0 + 1,
+                                dry_run=how == "apply-dry-run")
+    result = import_result(applied)
+    assert result.new == {JobState.SUCCEEDED: 1, JobState.PLANNED: 1}
+    assert (result.unchanged, result.conflicts) == (0, 1)
+    assert result.dry_run is (how == "message-dry-run")
+    if how == "message-dry-run":  # committed, so it must not feed the stats-keeper
+        assert applied.deltas == {}
+    assert await snapshot(store) == before
+    # The same import for real agrees with what the dry run said.
+    real = import_result(await store.apply([Import(jobs)], now=T0 + 2))
+    assert (real.new, real.unchanged, real.conflicts) == (
+        result.new, result.unchanged, result.conflicts)
+
+
+async def test_a_redelivered_import_is_idempotent(store: Store) -> None:
+    await submit(store, new_job({"n": 0}))
+    msg = Import((imported({"n": 0}, JobState.SUCCEEDED, line=1),
+                  imported({"n": 1}, JobState.SUCCEEDED, line=2),
+                  imported({"n": 2}, line=3)), token=7)
+    first = await store.apply([msg], now=T0)
+    after = await snapshot(store)
+    again = await store.apply([msg], now=T0 + 1)
+    assert import_result(again) == import_result(first)
+    assert import_result(first).new == {JobState.SUCCEEDED: 1, JobState.PLANNED: 1}
+    assert first.deltas == {JobState.SUCCEEDED: 1, JobState.PLANNED: 1}
+    assert again.deltas == {}
+    assert await snapshot(store) == after
+    # Another import of the same records is no longer "new": they exist.
+    other = import_result(await store.apply([Import(msg.jobs)], now=T0 + 2))
+    assert other.new == {} and other.unchanged == 2 and other.conflicts == 1
+
+
+async def test_an_imported_planned_job_runs_like_a_submitted_one(store: Store) -> None:
+    await store.apply([Import((imported({"n": 1}, attempts=2),))], now=T0)
+    assert (await submit(store, new_job({"n": 1}))) == SubmitResult(new=0, duplicates=1)
+    (job,) = await lease(store, 5, now=T0 + 1)
+    assert (job.identity, job.attempt, job.max_attempts) == ({"n": 1}, 3, 3)
+    await store.apply([Outcome(job.id, job.fence, OutcomeKind.RETRY, error="e")], now=T0 + 2)
+    assert (await row(store, {"n": 1})).state is JobState.FAILED  # attempts spent

@@ -227,7 +227,40 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/api/jobs/retry", {"keys": [1]}, 400, "64 hex digits"),
     ("POST", "/api/jobs/retry", {"keys": ["a" * 64], "all": True}, 400, '{"all": true}'),
     ("POST", "/api/jobs/retry", b"[" + b'"a",' * 100_000 + b"]", 413, "larger than"),
+    ("POST", "/api/jobs/cancel", {}, 400, '{"state": "planned" | "leased"}'),
+    ("POST", "/api/jobs/cancel", {"all": True}, 400, '{"keys"'),
+    ("POST", "/api/jobs/cancel", {"state": "failed"}, 400, "state"),
+    ("POST", "/api/jobs/cancel", {"keys": []}, 400, "keys"),
+    ("POST", "/api/jobs/cancel", {"keys": ["zz"]}, 400, "64 hex digits"),
 ]
+
+
+async def test_cancel_route_skips_jobs_of_a_live_runtime_and_a_watcher_refuses() -> None:
+    with anyio.fail_after(10):
+        async with Runtime(mixed, store="memory://", syncer=QUICK) as rt:
+            rt.pause()
+            await rt.submit([{"id": "ok-1"}, {"id": "ok-2"}, {"id": "ok-3"}])
+            app = create_app(rt, admin_token=TOKEN)
+            async with client(app) as c:
+                one = job_key({"id": "ok-1"})
+                done = await c.post("/api/jobs/cancel", json={"keys": [one]}, headers=AUTH)
+                assert done.status_code == 200, done.text
+                assert done.json() == {"cancelled": 1, "planned": 1, "leased": 0,
+                                       "running": [], "finished": [], "other_state": [],
+                                       "not_found": []}
+                rest = await c.post("/api/jobs/cancel", json={"state": "planned"},
+                                    headers=AUTH)
+                assert rest.json()["planned"] == 2
+            await app.aclose()
+            rt.resume()
+            await rt.join()
+            assert rt.stats().counts[JobState.SKIPPED] == 3
+            watcher = create_app(rt.store, admin_token=TOKEN)
+            async with client(watcher) as c:
+                refused = await c.post("/api/jobs/cancel", json={"state": "planned"},
+                                       headers=AUTH)
+                assert refused.status_code == 409
+            await watcher.aclose()
 
 
 async def test_bad_paths_queries_and_bodies_are_4xx_never_500() -> None:

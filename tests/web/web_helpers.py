@@ -37,6 +37,7 @@ ADMIN_ROUTES: list[tuple[str, Any]] = [
     ("/api/stats/refresh", None),
     ("/api/reconciliation", None),
     ("/api/jobs/retry", {"all": True}),
+    ("/api/jobs/cancel", {"state": "planned"}),
     ("/api/pause", None),
     ("/api/resume", None),
 ]

@@ -128,6 +128,27 @@ CREATE TABLE published (
 )
 """
 
+# Priorities and limits per key: see the SQLite schema's version 3 for the three disjoint
+# partial indexes of planned jobs.
+_V2 = """
+ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN limit_key text;
+DROP INDEX jobs_due;
+CREATE INDEX jobs_due ON jobs (next_attempt_at, id)
+    WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL;
+CREATE INDEX jobs_rank ON jobs ((next_attempt_at - priority), id)
+    WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL;
+CREATE INDEX jobs_limited ON jobs (limit_key, (next_attempt_at - priority), id)
+    WHERE state = 'planned' AND limit_key IS NOT NULL;
+CREATE INDEX jobs_limit_leased ON jobs (limit_key)
+    WHERE state = 'leased' AND limit_key IS NOT NULL;
+CREATE TABLE limit_state (
+    key        text PRIMARY KEY,
+    tat        double precision,
+    held_until double precision
+)
+"""
+
 #: MIGRATIONS[i] takes a schema from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -429,10 +429,16 @@ class PostgresStore:
             " WHERE state = 'leased' AND lease_boot = $1 ORDER BY id", boot_id)
         return [leased_job(r, default_lease_seconds) for r in rows]
 
-    async def next_due(self) -> float | None:
-        value = await self._value(
-            "SELECT next_attempt_at FROM jobs WHERE state = 'planned'"
-            " ORDER BY next_attempt_at LIMIT 1")
+    async def next_due(self, *, limited: bool = True) -> float | None:
+        # One minimum per partial index of planned jobs (see the schema's version 2).
+        sql = ("SELECT min(m) FROM (SELECT min(next_attempt_at) AS m FROM jobs"
+               " WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL"
+               " UNION ALL SELECT min(next_attempt_at) FROM jobs"
+               " WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL")
+        if limited:
+            sql += (" UNION ALL SELECT min(next_attempt_at) FROM jobs"
+                    " WHERE state = 'planned' AND limit_key IS NOT NULL")
+        value = await self._value(sql + ") s")
         return None if value is None else float(value)
 
     async def retrying_count(self, *, limit: int = 10_000) -> int:

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
     from syncward.messages import LeaseOrder
     from syncward.store.port import (
         FinalWrite,
+        ImportRow,
         InsertJob,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
         RequeueWrite,
+        SkipWrite,
         StageWrite,
     )
 
@@ -49,7 +51,26 @@ __all__ = ["LIVE_BOOTS", "LOCK_NAMESPACE", "PostgresTx", "clean", "dead"]
 LOCK_NAMESPACE = 0x53796E63  # "Sync"
 _STATE = {s.value: s for s in JobState}
 _FENCED_COLS = ("id, state, fence, attempts, max_attempts, stage, lease_expires_at, key,"
-                " ended_fence, ended_by")
+                " ended_fence, ended_by, limit_key")
+#: The transaction lock that serialises limited leasing (its own namespace: the second
+#: key of LOCK_NAMESPACE locks is a boot's).
+_LIMITS_NAMESPACE = LOCK_NAMESPACE + 1
+_DUE_ROW = ("id, key, identity, payload, attempts, max_attempts, stage, fence,"
+            " lease_seconds, timeout, next_attempt_at, priority")
+#: Due planned jobs from each of the three disjoint partial indexes (see the schema's
+#: version 2), claimed with SKIP LOCKED; $1 is now, $2 how many.
+_DUE = """a AS (SELECT id, next_attempt_at AS r FROM jobs
+      WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL AND next_attempt_at <= $1
+      ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),
+  b AS (SELECT id, next_attempt_at - priority AS r FROM jobs
+      WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL AND next_attempt_at <= $1
+      ORDER BY next_attempt_at - priority, id LIMIT $2 FOR UPDATE SKIP LOCKED)"""
+_DUE_LIMITED = """, c AS (SELECT id, next_attempt_at - priority AS r FROM jobs
+      WHERE state = 'planned' AND limit_key IS NOT NULL AND next_attempt_at <= $1
+      ORDER BY next_attempt_at - priority, id LIMIT $2 FOR UPDATE SKIP LOCKED)"""
+_LEASE_SET = ("UPDATE jobs SET state = 'leased', lease_owner = $3, lease_boot = $4,"
+              " lease_expires_at = $1 + coalesce(lease_seconds, $5), fence = fence + 1,"
+              " attempts = attempts + 1, updated_at = $1")
 
 #: The boots whose advisory lock is held: their processes are alive. (One hashed
 #: subquery per statement, however many leases it is compared with.)
@@ -95,7 +116,7 @@ class PostgresTx:
     def _fenced(self, rows: Sequence[Any]) -> list[FencedRow]:
         state = _STATE
         return [FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), r[8],
-                          r[9]) for r in rows]
+                          r[9], limit_key=r[10]) for r in rows]
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -111,15 +132,36 @@ class PostgresTx:
         return {bytes(r[0]): r[1] for r in rows}
 
     async def insert_jobs(self, rows: Sequence[InsertJob]) -> set[bytes]:
-        c = _cols(rows, 9)
+        c = _cols(rows, 11)
         inserted = await self.conn.fetch(
             "INSERT INTO jobs (key, identity, payload, state, max_attempts, next_attempt_at,"
-            " lease_seconds, timeout, created_by, created_at, updated_at)"
-            " SELECT k, i, p, 'planned', m, n, l, t, c, a, a FROM unnest($1::bytea[],"
+            " lease_seconds, timeout, created_by, created_at, updated_at, priority, limit_key)"
+            " SELECT k, i, p, 'planned', m, n, l, t, c, a, a, pr, lk FROM unnest($1::bytea[],"
             " $2::text[], $3::text[], $4::int[], $5::float8[], $6::float8[], $7::float8[],"
-            " $8::bigint[], $9::float8[]) AS u(k, i, p, m, n, l, t, c, a)"
+            " $8::bigint[], $9::float8[], $10::int[], $11::text[])"
+            " AS u(k, i, p, m, n, l, t, c, a, pr, lk)"
             " ON CONFLICT (key) DO NOTHING RETURNING key", *c)
         if inserted:
+            self.planned_changed = True
+        return {bytes(r[0]) for r in inserted}
+
+    async def existing(self, keys: Sequence[bytes]) -> dict[bytes, tuple[JobState, int | None]]:
+        rows = await self.conn.fetch(
+            "SELECT key, state, created_by FROM jobs WHERE key = ANY($1::bytea[])", list(keys))
+        return {bytes(r[0]): (_STATE[r[1]], r[2]) for r in rows}
+
+    async def insert_imported(self, rows: Sequence[ImportRow]) -> set[bytes]:
+        # Columns named: the ones not named take their defaults. Another writer may
+        # insert a key first: ON CONFLICT skips it, and RETURNING says which went in.
+        w = [(k, i, p, s, r, clean(e), *rest) for k, i, p, s, r, e, *rest in rows]
+        inserted = await self.conn.fetch(
+            "INSERT INTO jobs (key, identity, payload, state, result, last_error, attempts,"
+            " max_attempts, next_attempt_at, created_by, created_at, updated_at)"
+            " SELECT k, i, p, s, r, e, a, m, n, c, t, t FROM unnest($1::bytea[], $2::text[],"
+            " $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[],"
+            " $9::float8[], $10::bigint[], $11::float8[]) AS u(k, i, p, s, r, e, a, m, n, c, t)"
+            " ON CONFLICT (key) DO NOTHING RETURNING key, state", *_cols(w, 11))
+        if any(r[1] == "planned" for r in inserted):
             self.planned_changed = True
         return {bytes(r[0]) for r in inserted}
 
@@ -167,19 +209,77 @@ class PostgresTx:
             *_cols(_last_per_job(writes, 4), 5))
 
     async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
-        rows = await self.conn.fetch(
-            "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_boot = $2,"
-            " lease_expires_at = $3 + coalesce(lease_seconds, $4), fence = fence + 1,"
-            " attempts = attempts + 1, updated_at = $3 WHERE id IN (SELECT id FROM jobs"
-            " WHERE state = 'planned' AND next_attempt_at <= $3"
-            " ORDER BY next_attempt_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, key, identity, payload, attempts, max_attempts, stage, fence,"
-            " lease_seconds, timeout, next_attempt_at",
-            order.owner, order.boot_id, now, order.default_lease_seconds, order.n)
-        due = [DueRow(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
-               for r in rows]
-        due.sort(key=lambda row: (row.next_attempt_at, row.id))  # RETURNING keeps no order
+        return await self._lease(
+            f"WITH {_DUE}{_DUE_LIMITED}, pick AS (SELECT id FROM (SELECT * FROM a UNION ALL"
+            " SELECT * FROM b UNION ALL SELECT * FROM c) s ORDER BY r, id LIMIT $2)"
+            f" {_LEASE_SET} WHERE id IN (SELECT id FROM pick) RETURNING {_DUE_ROW}",
+            now, order.n, order.owner, order.boot_id, order.default_lease_seconds)
+
+    async def _lease(self, sql: str, *args: Any) -> list[DueRow]:
+        rows = await self.conn.fetch(sql, *args)
+        due = [DueRow(r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                      r[11]) for r in rows]
+        due.sort(key=lambda row: row.rank)  # RETURNING keeps no order
         return due
+
+    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+                                _LIMITS_NAMESPACE)
+        usage: dict[str, tuple[int, float | None, float | None]] = {
+            r[0]: (0, r[1], r[2]) for r in await self.conn.fetch(
+                "SELECT key, tat, held_until FROM limit_state")}
+        for key, n in await self.conn.fetch(
+                "SELECT limit_key, count(*) FROM jobs WHERE state = 'leased'"
+                " AND limit_key IS NOT NULL GROUP BY limit_key"):
+            _, tat, held = usage.get(key, (0, None, None))
+            usage[key] = (n, tat, held)
+        return usage
+
+    async def planned_limit_keys(self) -> list[str]:
+        # A loose index scan: one seek per distinct key.
+        rows = await self.conn.fetch(
+            "WITH RECURSIVE k(key) AS ("
+            " SELECT min(limit_key) FROM jobs WHERE state = 'planned' AND limit_key IS NOT NULL"
+            " UNION ALL SELECT (SELECT min(limit_key) FROM jobs WHERE state = 'planned'"
+            " AND limit_key IS NOT NULL AND limit_key > k.key) FROM k WHERE k.key IS NOT NULL)"
+            " SELECT key FROM k WHERE key IS NOT NULL")
+        return [r[0] for r in rows]
+
+    async def due_ids(self, now: float, key: str | None, n: int, *,
+                      after: tuple[float, int] | None = None) -> list[tuple[float, int]]:
+        if key is None:
+            assert after is None
+            rows = await self.conn.fetch(
+                f"WITH {_DUE} SELECT r, id FROM (SELECT * FROM a UNION ALL SELECT * FROM b) s"
+                " ORDER BY r, id LIMIT $2", now, n)
+        else:
+            page = "" if after is None else " AND (next_attempt_at - priority, id) > ($4, $5)"
+            rows = await self.conn.fetch(
+                "SELECT next_attempt_at - priority AS r, id FROM jobs WHERE state = 'planned'"
+                f" AND limit_key IS NOT NULL AND limit_key = $3 AND next_attempt_at <= $1{page}"
+                " ORDER BY next_attempt_at - priority, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                now, n, key, *(after or ()))
+        return [(r[0], r[1]) for r in rows]
+
+    async def lease_ids(self, order: LeaseOrder, now: float,
+                        ids: Sequence[int]) -> list[DueRow]:
+        return await self._lease(
+            f"{_LEASE_SET} WHERE id = ANY($2::bigint[]) AND state = 'planned'"
+            f" RETURNING {_DUE_ROW}",
+            now, list(ids), order.owner, order.boot_id, order.default_lease_seconds)
+
+    async def save_limits(self, rows: Sequence[tuple[str, float | None, float | None]]
+                          ) -> None:
+        await self.conn.execute(
+            "INSERT INTO limit_state (key, tat, held_until) SELECT * FROM unnest($1::text[],"
+            " $2::float8[], $3::float8[]) ON CONFLICT (key) DO UPDATE SET tat = excluded.tat,"
+            " held_until = excluded.held_until", *_cols(rows, 3))
+
+    async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
+        await self.conn.execute(
+            "INSERT INTO limit_state AS s (key, held_until) SELECT * FROM unnest($1::text[],"
+            " $2::float8[]) ON CONFLICT (key) DO UPDATE SET held_until ="
+            " greatest(s.held_until, excluded.held_until)", *_cols(rows, 2))
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
                                  decided_at: float) -> list[int]:
@@ -200,6 +300,27 @@ class PostgresTx:
             "UPDATE jobs j SET state = 'planned', attempts = 0, next_attempt_at = u.na,"
             " result = NULL, updated_at = u.n FROM unnest($1::float8[], $2::float8[],"
             " $3::bigint[]) AS u(na, n, id) WHERE j.id = u.id", *_cols(writes, 3))
+
+    async def cancel_candidates(self, states: Collection[JobState],
+                                keys: Sequence[bytes] | None,
+                                created_before: float) -> list[FencedRow]:
+        # The ids first, then `load` locks the rows in id order and reads them as they
+        # are once locked (another writer may have changed one in between).
+        if keys is None:
+            ids = await self.conn.fetch(
+                "SELECT id FROM jobs WHERE state = ANY($1::text[]) AND created_at <= $2",
+                [s.value for s in states], created_before)
+        else:
+            ids = await self.conn.fetch("SELECT id FROM jobs WHERE key = ANY($1::bytea[])",
+                                        list(keys))
+        return await self.load([r[0] for r in ids])
+
+    async def skip_planned(self, writes: Sequence[SkipWrite]) -> None:
+        await self.conn.execute(
+            "UPDATE jobs j SET state = 'skipped', last_error = u.e, updated_at = u.n FROM"
+            " unnest($1::text[], $2::float8[], $3::bigint[]) AS u(e, n, id)"
+            " WHERE j.id = u.id AND j.state = 'planned'",
+            *_cols([(clean(e), n, i) for e, n, i in writes], 3))
 
     async def count_by_state(self) -> dict[JobState, int]:
         """The running totals: every writer's committed deltas (and this batch's)."""

@@ -114,6 +114,30 @@ _V2 = """
 ALTER TABLE runs ADD COLUMN boot_id TEXT;
 """
 
+# Priorities and limits per key (`syncward.limits`). The planned jobs are split over three
+# disjoint partial indexes, so a row is in exactly one and a store that uses neither pays
+# nothing: priority 0 and no limit key (due order, as before), a priority (rank order: due
+# time minus priority), a limit key (by key, then rank, so each key's head is one seek).
+# Leased rows with a limit key are indexed by key for the concurrency count.
+_V3 = """
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN limit_key TEXT;
+DROP INDEX jobs_due;
+CREATE INDEX jobs_due ON jobs (next_attempt_at, id)
+    WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL;
+CREATE INDEX jobs_rank ON jobs (next_attempt_at - priority, id)
+    WHERE state = 'planned' AND priority != 0 AND limit_key IS NULL;
+CREATE INDEX jobs_limited ON jobs (limit_key, next_attempt_at - priority, id)
+    WHERE state = 'planned' AND limit_key IS NOT NULL;
+CREATE INDEX jobs_limit_leased ON jobs (limit_key)
+    WHERE state = 'leased' AND limit_key IS NOT NULL;
+CREATE TABLE limit_state (
+    key        TEXT PRIMARY KEY,
+    tat        REAL,
+    held_until REAL
+);
+"""
+
 #: MIGRATIONS[i] takes a database from user_version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -513,9 +513,17 @@ class SQLiteStore:
             " WHERE state = 'leased' AND lease_boot = ? ORDER BY id", (boot_id,))
         return [leased_job(r, default_lease_seconds) for r in rows]
 
-    async def next_due(self) -> float | None:
-        rows = await self._fetchall(
-            "SELECT min(next_attempt_at) FROM jobs WHERE state = 'planned'")
+    async def next_due(self, *, limited: bool = True) -> float | None:
+        # One minimum per partial index of planned jobs (a plain min over all planned
+        # jobs would find no index to use and scan them).
+        sql = ("SELECT min(m) FROM (SELECT min(next_attempt_at) AS m FROM jobs"
+               " WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL"
+               " UNION ALL SELECT min(next_attempt_at) FROM jobs"
+               " WHERE state = 'planned' AND priority != 0 AND limit_key IS NULL")
+        if limited:
+            sql += (" UNION ALL SELECT min(next_attempt_at) FROM jobs"
+                    " WHERE state = 'planned' AND limit_key IS NOT NULL")
+        rows = await self._fetchall(sql + ")")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def retrying_count(self, *, limit: int = 10_000) -> int:

@@ -23,22 +23,50 @@ if TYPE_CHECKING:
     from syncward.messages import LeaseOrder
     from syncward.store.port import (
         FinalWrite,
+        ImportRow,
         InsertJob,
         OpWrite,
         ReleaseWrite,
         RenewWrite,
         RequeueWrite,
+        SkipWrite,
         StageWrite,
     )
 
 __all__ = ["SQLiteTx"]
+
+
+def _owner(order: LeaseOrder) -> tuple[str, str, float]:
+    return order.owner, order.boot_id, order.default_lease_seconds
 
 _CHUNK = 500
 _STATE = {s.value: s for s in JobState}
 
 
 def _due_order(row: DueRow) -> tuple[float, int]:
-    return row.next_attempt_at, row.id
+    return row.rank
+
+
+#: Due planned jobs in rank order from each of the three disjoint partial indexes (see the
+#: schema's version 3); ``?1`` is now, ``?2`` how many. The limited ones come in here only
+#: where no limits are declared (they are then leased like any other).
+_DUE = (
+    "SELECT id, r FROM (SELECT id, next_attempt_at AS r FROM jobs"
+    " WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL"
+    " AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2)"
+    " UNION ALL SELECT id, r FROM (SELECT id, next_attempt_at - priority AS r FROM jobs"
+    " WHERE state = 'planned' AND priority != 0 AND limit_key IS NULL"
+    " AND next_attempt_at <= ?1 ORDER BY next_attempt_at - priority, id LIMIT ?2)")
+_DUE_LIMITED = (
+    " UNION ALL SELECT id, r FROM (SELECT id, next_attempt_at - priority AS r FROM jobs"
+    " WHERE state = 'planned' AND limit_key IS NOT NULL"
+    " AND next_attempt_at <= ?1 ORDER BY next_attempt_at - priority, id LIMIT ?2)")
+_LEASE = (
+    "UPDATE jobs SET state = 'leased', lease_owner = ?3, lease_boot = ?4,"
+    " lease_expires_at = ?1 + coalesce(lease_seconds, ?5), fence = fence + 1,"
+    " attempts = attempts + 1, updated_at = ?1 WHERE id IN ({ids})"
+    " RETURNING id, key, identity, payload, attempts, max_attempts, stage, fence,"
+    " lease_seconds, timeout, next_attempt_at, priority")
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -60,10 +88,12 @@ class SQLiteTx:
         for chunk in _chunks(list(ids)):
             marks = ",".join("?" * len(chunk))
             rows.extend(
-                FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+                FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                          limit_key=r[10])
                 for r in self.conn.execute(
                     "SELECT id, state, fence, attempts, max_attempts, stage, lease_expires_at,"
-                    f" key, ended_fence, ended_by FROM jobs WHERE id IN ({marks})", chunk))
+                    f" key, ended_fence, ended_by, limit_key FROM jobs WHERE id IN ({marks})",
+                    chunk))
         return rows
 
     async def creators(self, keys: Sequence[bytes]) -> dict[bytes, int | None]:
@@ -78,8 +108,28 @@ class SQLiteTx:
         # One writer and keys looked up in this transaction: every row here is new.
         self.conn.executemany(
             "INSERT OR IGNORE INTO jobs (key, identity, payload, state, max_attempts,"
-            " next_attempt_at, lease_seconds, timeout, created_by, created_at, updated_at)"
-            " VALUES (?1, ?2, ?3, 'planned', ?4, ?5, ?6, ?7, ?8, ?9, ?9)", rows)
+            " next_attempt_at, lease_seconds, timeout, created_by, created_at, updated_at,"
+            " priority, limit_key)"
+            " VALUES (?1, ?2, ?3, 'planned', ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)", rows)
+        return {r[0] for r in rows}
+
+    async def existing(self, keys: Sequence[bytes]) -> dict[bytes, tuple[JobState, int | None]]:
+        found: dict[bytes, tuple[JobState, int | None]] = {}
+        state = _STATE
+        for chunk in _chunks(keys):
+            marks = ",".join("?" * len(chunk))
+            for key, st, token in self.conn.execute(
+                    f"SELECT key, state, created_by FROM jobs WHERE key IN ({marks})", chunk):
+                found[bytes(key)] = (state[st], token)
+        return found
+
+    async def insert_imported(self, rows: Sequence[ImportRow]) -> set[bytes]:
+        # Columns named: the ones not named (added by later migrations too) take their
+        # defaults. One writer and keys looked up in this transaction: every row is new.
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO jobs (key, identity, payload, state, result, last_error,"
+            " attempts, max_attempts, next_attempt_at, created_by, created_at, updated_at)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)", rows)
         return {r[0] for r in rows}
 
     async def insert_run_entries(self, entries: Sequence[tuple[int, int, bytes]]) -> None:
@@ -108,17 +158,72 @@ class SQLiteTx:
             " lease_boot = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?", writes)
 
     async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
-        rows = [DueRow(*r) for r in self.conn.execute(
-            "UPDATE jobs SET state = 'leased', lease_owner = ?, lease_boot = ?,"
-            " lease_expires_at = ? + coalesce(lease_seconds, ?), fence = fence + 1,"
-            " attempts = attempts + 1, updated_at = ? WHERE id IN (SELECT id FROM jobs"
-            " WHERE state = 'planned' AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?)"
-            " RETURNING id, key, identity, payload, attempts, max_attempts, stage, fence,"
-            " lease_seconds, timeout, next_attempt_at",
-            (order.owner, order.boot_id, now, order.default_lease_seconds, now, now, order.n))]
+        ids = f"SELECT id FROM ({_DUE}{_DUE_LIMITED}) ORDER BY r, id LIMIT ?2"
+        return self._lease(_LEASE.format(ids=ids), (now, order.n, *_owner(order)))
+
+    def _lease(self, sql: str, params: Sequence[Any]) -> list[DueRow]:
+        rows = [DueRow(*r) for r in self.conn.execute(sql, params)]
         rows.sort(key=_due_order)  # RETURNING keeps no order
         return rows
+
+    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
+        usage: dict[str, tuple[int, float | None, float | None]] = {
+            key: (0, tat, held) for key, tat, held in self.conn.execute(
+                "SELECT key, tat, held_until FROM limit_state")}
+        for key, n in self.conn.execute(
+                "SELECT limit_key, count(*) FROM jobs WHERE state = 'leased'"
+                " AND limit_key IS NOT NULL GROUP BY limit_key"):
+            _, tat, held = usage.get(key, (0, None, None))
+            usage[key] = (n, tat, held)
+        return usage
+
+    async def planned_limit_keys(self) -> list[str]:
+        # A loose index scan: one seek per distinct key, not a walk over every planned job.
+        keys: list[str] = []
+        after = ""
+        while True:
+            (key,) = self.conn.execute(
+                "SELECT min(limit_key) FROM jobs WHERE state = 'planned'"
+                " AND limit_key IS NOT NULL AND limit_key > ?", (after,)).fetchone()
+            if key is None:
+                return keys
+            keys.append(key)
+            after = key
+
+    async def due_ids(self, now: float, key: str | None, n: int, *,
+                      after: tuple[float, int] | None = None) -> list[tuple[float, int]]:
+        if key is None:
+            assert after is None
+            return [(r, i) for i, r in self.conn.execute(
+                f"SELECT id, r FROM ({_DUE}) ORDER BY r, id LIMIT ?2", (now, n))]
+        page = "" if after is None else " AND (next_attempt_at - priority, id) > (?4, ?5)"
+        return [(r, i) for i, r in self.conn.execute(
+            "SELECT id, next_attempt_at - priority FROM jobs WHERE state = 'planned'"
+            f" AND limit_key IS NOT NULL AND limit_key = ?3 AND next_attempt_at <= ?1{page}"
+            " ORDER BY next_attempt_at - priority, id LIMIT ?2",
+            (now, n, key, *(after or ())))]
+
+    async def lease_ids(self, order: LeaseOrder, now: float,
+                        ids: Sequence[int]) -> list[DueRow]:
+        rows: list[DueRow] = []
+        for chunk in _chunks(list(ids)):
+            marks = ",".join(str(int(i)) for i in chunk)
+            rows.extend(self._lease(_LEASE.format(ids=marks), (now, 0, *_owner(order))))
+        rows.sort(key=_due_order)
+        return rows
+
+    async def save_limits(self, rows: Sequence[tuple[str, float | None, float | None]]
+                          ) -> None:
+        self.conn.executemany(
+            "INSERT INTO limit_state (key, tat, held_until) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET tat = excluded.tat,"
+            " held_until = excluded.held_until", rows)
+
+    async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO limit_state (key, held_until) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET held_until ="
+            " max(coalesce(held_until, excluded.held_until), excluded.held_until)", rows)
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
                                  decided_at: float) -> list[int]:
@@ -138,6 +243,27 @@ class SQLiteTx:
         self.conn.executemany(
             "UPDATE jobs SET state = 'planned', attempts = 0, next_attempt_at = ?,"
             " result = NULL, updated_at = ? WHERE id = ?", writes)
+
+    async def cancel_candidates(self, states: Collection[JobState],
+                                keys: Sequence[bytes] | None,
+                                created_before: float) -> list[FencedRow]:
+        ids: list[int] = []
+        if keys is None:
+            marks = ",".join("?" * len(states))
+            ids = [r[0] for r in self.conn.execute(
+                f"SELECT id FROM jobs WHERE state IN ({marks}) AND created_at <= ?",
+                (*(s.value for s in states), created_before))]
+        else:
+            for chunk in _chunks(keys):
+                marks = ",".join("?" * len(chunk))
+                ids.extend(r[0] for r in self.conn.execute(
+                    f"SELECT id FROM jobs WHERE key IN ({marks})", chunk))
+        return sorted(await self.load(ids), key=lambda row: row.id)
+
+    async def skip_planned(self, writes: Sequence[SkipWrite]) -> None:
+        self.conn.executemany(
+            "UPDATE jobs SET state = 'skipped', last_error = ?, updated_at = ?"
+            " WHERE id = ? AND state = 'planned'", writes)
 
     async def count_by_state(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
