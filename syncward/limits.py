@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from syncward.errors import ConfigError
+from syncward.errors import ConfigError, InvalidJob
 
 if TYPE_CHECKING:
     from syncward.jobs import JobSpec
@@ -109,15 +109,17 @@ def limit_key_of(limits: tuple[Limit, ...], spec: JobSpec) -> str | None:
     """The stored limit key of ``spec``: the first limit whose key function returns a value.
 
     Raises:
-        ConfigError: a key function raised or returned something other than str/int/None
-            (naming the limit).
+        InvalidJob: a key function raised on this job (its data is what is wrong: the job
+            is refused, as any other invalid job, naming the limit).
+        ConfigError: a key function returned something other than str/int/None.
     """
     for limit in limits:
         try:
             value: Any = limit.key(spec)
         except Exception as exc:
-            raise ConfigError(f"limit {limit.name!r}: key function failed on "
-                              f"{dict(spec.identity)!r}: {type(exc).__name__}: {exc}") from exc
+            raise InvalidJob(f"key function failed on {dict(spec.identity)!r}: "
+                             f"{type(exc).__name__}: {exc}", field=f"limit {limit.name}"
+                             ) from exc
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, str | int):

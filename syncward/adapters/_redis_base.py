@@ -570,7 +570,7 @@ class RedisConsumer:
         """The job with its limit key, when the runtime declares limits."""
         try:
             key = self.runtime.limit_key(decoded.identity, decoded.payload)
-        except ConfigError as exc:
+        except (ConfigError, InvalidJob) as exc:
             return Malformed(str(exc))
         return job if key is None else dataclasses.replace(job, limit_key=key)
 

@@ -717,13 +717,13 @@ class _Batch:
         when one of its leases ends: the syncer looks again then).
         """
         tx, now, n = self.tx, self.now, order.n
-        usage = await tx.limit_usage()
         free = await tx.due_ids(now, None, n)
         heads: list[tuple[float, int, int]] = [(rank, job_id, -1) for rank, job_id in free[:1]]
         budgets: list[KeyBudget] = []
         streams: list[_KeyStream] = []
         waiting = False
         keys = await tx.planned_limit_keys()
+        usage = await tx.limit_usage(keys) if keys else {}
         chunk = max(_MIN_CHUNK, 2 * n // max(1, len(keys)))
         for key in keys:
             leased, tat, held = usage.get(key, (0, None, None))

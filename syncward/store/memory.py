@@ -22,6 +22,7 @@ lazy deletion, so leasing does not scan the table.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import heapq
@@ -142,20 +143,39 @@ class _Data:
             return None
         return job
 
-    def promote(self, now: float) -> None:
+    def promote(self, now: float, undo: list[Callable[[], None]] | None = None) -> None:
         """Move the jobs due at ``now`` from the waiting heaps to the rank heaps. Only
-        entries move, never rows: a rollback leaves them valid or lazily stale."""
+        entries move, never rows. With ``undo``, a rollback moves them back: an entry
+        that looked stale may be current again (a job this transaction changed), and one
+        promoted at a ``now`` that did not commit must not be leased before it is due."""
+        moved: list[tuple[list[tuple[float, int]], tuple[float, int],
+                          list[_Ranked] | None, _Ranked | None]] = []
         for heap in (self.due, self.due_limited):
             while heap and heap[0][0] <= now:
                 due, job_id = heapq.heappop(heap)
                 job = self.waiting(job_id, due)
                 if job is None:
+                    moved.append((heap, (due, job_id), None, None))
                     continue
                 entry = (due - job.priority, job_id, due)
                 if job.limit_key is None:
-                    heapq.heappush(self.ready, entry)
+                    target = self.ready
                 else:
-                    heapq.heappush(self.ready_limited.setdefault(job.limit_key, []), entry)
+                    target = self.ready_limited.setdefault(job.limit_key, [])
+                heapq.heappush(target, entry)
+                moved.append((heap, (due, job_id), target, entry))
+        if undo is not None and moved:
+            def put_back() -> None:
+                touched: list[list[_Ranked]] = []
+                for source, waiting, target, entry in moved:
+                    heapq.heappush(source, waiting)
+                    if target is not None and entry is not None:
+                        with contextlib.suppress(ValueError):
+                            target.remove(entry)
+                        touched.append(target)
+                for target in {id(t): t for t in touched}.values():
+                    heapq.heapify(target)
+            undo.append(put_back)
 
     def peek(self, heap: list[_Ranked], n: int,
              undo: list[Callable[[], None]] | None = None) -> list[_Ranked]:
@@ -355,7 +375,7 @@ class _MemoryTx:
 
     async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
         d = self.d
-        d.promote(now)
+        d.promote(now, self._undo)
         best = d.peek(d.ready, order.n, self._undo)
         for heap in d.ready_limited.values():  # none unless limit keys were ever stored
             best.extend(d.peek(heap, order.n, self._undo))
@@ -388,15 +408,19 @@ class _MemoryTx:
         out.sort(key=lambda row: row.rank)
         return out  # the rank-heap entries of these jobs are stale now (state leased)
 
-    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
+    async def limit_usage(self, keys: Sequence[str]
+                          ) -> dict[str, tuple[int, float | None, float | None]]:
         d = self.d
-        usage: dict[str, tuple[int, float | None, float | None]] = {
-            key: (0, tat, held) for key, (tat, held) in d.limits.items()}
-        for key, ids in d.leased_limited.items():
-            n = sum(1 for i in ids if d.jobs[i].state is _LEASED)  # stale ids stay: harmless
-            if n:
-                _, tat, held = usage.get(key, (0, None, None))
-                usage[key] = (n, tat, held)
+        usage: dict[str, tuple[int, float | None, float | None]] = {}
+        for key in keys:
+            tat, held = d.limits.get(key, (None, None))
+            ids = d.leased_limited.get(key)
+            if ids:
+                gone = {i for i in ids if d.jobs[i].state is not _LEASED}
+                if gone:  # their leases ended since: forget them (back on rollback)
+                    ids -= gone
+                    self._undo.append(functools.partial(ids.update, gone))
+            usage[key] = (len(ids) if ids else 0, tat, held)
         return usage
 
     async def planned_limit_keys(self) -> list[str]:
@@ -411,7 +435,7 @@ class _MemoryTx:
     async def due_ids(self, now: float, key: str | None, n: int, *,
                       after: tuple[float, int] | None = None) -> list[tuple[float, int]]:
         d = self.d
-        d.promote(now)
+        d.promote(now, self._undo)
         heap = d.ready if key is None else d.ready_limited.get(key, [])
         if after is None:
             return [(rank, job_id) for rank, job_id, _ in d.peek(heap, n, self._undo)]

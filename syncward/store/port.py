@@ -181,10 +181,12 @@ class WriteTx(Protocol):
 
     # --- limits per key (`syncward.limits`; the applier decides, these read and write) --
 
-    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
-        """For every limit key with leased jobs or a rate state: ``(jobs leased now, tat,
-        held_until)``. A shared store first takes a transaction lock that serialises
-        limited leasing across its writers, so the counts hold for the whole cluster."""
+    async def limit_usage(self, keys: Sequence[str]
+                          ) -> dict[str, tuple[int, float | None, float | None]]:
+        """For these limit keys, those with leased jobs or a rate state: ``(jobs leased
+        now, tat, held_until)``. A shared store first takes a transaction lock that
+        serialises limited leasing (and holds) across its writers, so the counts hold for
+        the whole cluster."""
         ...
 
     async def planned_limit_keys(self) -> list[str]:

@@ -149,6 +149,14 @@ CREATE TABLE limit_state (
 )
 """
 
+# When the next prioritised or limited job is due (see the SQLite schema's version 4).
+_V3 = """
+CREATE INDEX jobs_rank_due ON jobs (next_attempt_at)
+    WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL;
+CREATE INDEX jobs_limited_due ON jobs (next_attempt_at)
+    WHERE state = 'planned' AND limit_key IS NOT NULL
+"""
+
 #: MIGRATIONS[i] takes a schema from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -222,15 +222,19 @@ class PostgresTx:
         due.sort(key=lambda row: row.rank)  # RETURNING keeps no order
         return due
 
-    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
+    async def limit_usage(self, keys: Sequence[str]
+                          ) -> dict[str, tuple[int, float | None, float | None]]:
         await self.conn.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
                                 _LIMITS_NAMESPACE)
+        wanted = list(keys)
         usage: dict[str, tuple[int, float | None, float | None]] = {
             r[0]: (0, r[1], r[2]) for r in await self.conn.fetch(
-                "SELECT key, tat, held_until FROM limit_state")}
+                "SELECT key, tat, held_until FROM limit_state WHERE key = ANY($1::text[])",
+                wanted)}
         for key, n in await self.conn.fetch(
                 "SELECT limit_key, count(*) FROM jobs WHERE state = 'leased'"
-                " AND limit_key IS NOT NULL GROUP BY limit_key"):
+                " AND limit_key IS NOT NULL AND limit_key = ANY($1::text[])"
+                " GROUP BY limit_key", wanted):
             _, tat, held = usage.get(key, (0, None, None))
             usage[key] = (n, tat, held)
         return usage
@@ -273,9 +277,15 @@ class PostgresTx:
         await self.conn.execute(
             "INSERT INTO limit_state (key, tat, held_until) SELECT * FROM unnest($1::text[],"
             " $2::float8[], $3::float8[]) ON CONFLICT (key) DO UPDATE SET tat = excluded.tat,"
-            " held_until = excluded.held_until", *_cols(rows, 3))
+            " held_until = greatest(limit_state.held_until, excluded.held_until)",
+            *_cols(rows, 3))
 
     async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
+        # Under the limits lock, as limited leasing is: a writer holding it has read the
+        # key's state and will write it back (save_limits); a hold written meanwhile
+        # would be overwritten, and its row lock would deadlock with that writer.
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+                                _LIMITS_NAMESPACE)
         await self.conn.execute(
             "INSERT INTO limit_state AS s (key, held_until) SELECT * FROM unnest($1::text[],"
             " $2::float8[]) ON CONFLICT (key) DO UPDATE SET held_until ="

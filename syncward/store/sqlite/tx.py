@@ -166,15 +166,21 @@ class SQLiteTx:
         rows.sort(key=_due_order)  # RETURNING keeps no order
         return rows
 
-    async def limit_usage(self) -> dict[str, tuple[int, float | None, float | None]]:
-        usage: dict[str, tuple[int, float | None, float | None]] = {
-            key: (0, tat, held) for key, tat, held in self.conn.execute(
-                "SELECT key, tat, held_until FROM limit_state")}
-        for key, n in self.conn.execute(
-                "SELECT limit_key, count(*) FROM jobs WHERE state = 'leased'"
-                " AND limit_key IS NOT NULL GROUP BY limit_key"):
-            _, tat, held = usage.get(key, (0, None, None))
-            usage[key] = (n, tat, held)
+    async def limit_usage(self, keys: Sequence[str]
+                          ) -> dict[str, tuple[int, float | None, float | None]]:
+        usage: dict[str, tuple[int, float | None, float | None]] = {}
+        for chunk in _chunks(list(keys)):
+            marks = ",".join("?" * len(chunk))
+            for key, tat, held in self.conn.execute(
+                    f"SELECT key, tat, held_until FROM limit_state WHERE key IN ({marks})",
+                    chunk):
+                usage[key] = (0, tat, held)
+            for key, n in self.conn.execute(
+                    "SELECT limit_key, count(*) FROM jobs WHERE state = 'leased'"
+                    f" AND limit_key IS NOT NULL AND limit_key IN ({marks}) GROUP BY limit_key",
+                    chunk):
+                _, tat, held = usage.get(key, (0, None, None))
+                usage[key] = (n, tat, held)
         return usage
 
     async def planned_limit_keys(self) -> list[str]:
@@ -196,7 +202,10 @@ class SQLiteTx:
             assert after is None
             return [(r, i) for i, r in self.conn.execute(
                 f"SELECT id, r FROM ({_DUE}) ORDER BY r, id LIMIT ?2", (now, n))]
-        page = "" if after is None else " AND (next_attempt_at - priority, id) > (?4, ?5)"
+        # The page's bound as a range on the index's rank column (then the id among ties),
+        # so it seeks instead of reading the key's earlier pages again.
+        page = "" if after is None else (" AND next_attempt_at - priority >= ?4 AND"
+                                         " (next_attempt_at - priority > ?4 OR id > ?5)")
         return [(r, i) for i, r in self.conn.execute(
             "SELECT id, next_attempt_at - priority FROM jobs WHERE state = 'planned'"
             f" AND limit_key IS NOT NULL AND limit_key = ?3 AND next_attempt_at <= ?1{page}"
