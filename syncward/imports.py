@@ -110,8 +110,9 @@ def to_import_job(record: ImportRecord, *, max_attempts: int, line: int | None
 
     Raises:
         InvalidJob: naming the field: an invalid identity, an unknown or leased state,
-            attempts or max_attempts out of range, an error that is not text, a result or
-            payload that is not JSON-serialisable.
+            attempts or max_attempts out of range, attempts above max_attempts (a planned
+            job: not below it, it would run past its limit), an error that is not text, a
+            result or payload that is not JSON-serialisable.
     """
     if not isinstance(record.identity, Mapping):
         raise InvalidJob(f"must be an object, got {_kind(record.identity)}", field="identity")
@@ -120,8 +121,16 @@ def to_import_job(record: ImportRecord, *, max_attempts: int, line: int | None
     attempts = _count(record.attempts, "attempts", low=0)
     limit = max_attempts if record.max_attempts is None else _count(
         record.max_attempts, "max_attempts", low=1)
+    if attempts > limit or (state is JobState.PLANNED and attempts == limit):
+        below = "below" if state is JobState.PLANNED else "at most"
+        raise InvalidJob(f"{attempts} is too many: a {state.value} job's attempts must be "
+                         f"{below} its max_attempts ({limit}); give max_attempts (or "
+                         "--max-attempts)", field="attempts")
     if record.error is not None and not isinstance(record.error, str):
         raise InvalidJob(f"must be a string, got {_kind(record.error)}", field="error")
+    if record.error is not None and not _encodable(record.error):
+        raise InvalidJob("is not valid text (a lone surrogate, as from a \\udXXX escape)",
+                         field="error")
     if not isinstance(record.payload, Mapping):
         raise InvalidJob(f"must be an object, got {_kind(record.payload)}", field="payload")
     result = None if record.result is None else _json(record.result, "result")
@@ -152,6 +161,16 @@ def _json(value: object, name: str) -> str:
         return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"is not JSON-serialisable: {exc}", field=name) from None
+    except RecursionError:
+        raise InvalidJob("is nested too deeply", field=name) from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _kind(value: object) -> str:

@@ -199,6 +199,7 @@ class ImportJob:
     attempts: int
     max_attempts: int
     line: int | None = None  # where it was read (a file's line, a list's index + 1)
+    limit_key: str | None = None  # see `syncward.limits` (set by a runtime that has limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,9 +397,11 @@ class CancelResult:
     """What a `Cancel` did: planned and leased jobs skipped, and the given keys it left.
 
     ``leases`` are the ``(job id, fence)`` of the leases it ended: their owners cancel
-    the handlers (see `syncward.actors.attempts`). ``finished``: given keys whose job had
-    already ended (left alone); ``other_state``: given keys whose job is active but not
-    in the state asked for; ``not_found``: given keys with no job.
+    the handlers (see `syncward.actors.attempts`). ``already_cancelled``: given keys
+    whose job a cancel had already skipped (an earlier one, or this very message
+    delivered again after its commit); ``finished``: given keys whose job had otherwise
+    already ended (left alone); ``other_state``: given keys whose job is active but not in
+    the state asked for; ``not_found``: given keys with no job.
     """
 
     planned: int = 0
@@ -407,6 +410,7 @@ class CancelResult:
     finished: tuple[str, ...] = ()
     other_state: tuple[str, ...] = ()
     not_found: tuple[str, ...] = ()
+    already_cancelled: tuple[str, ...] = ()
 
     @property
     def cancelled(self) -> int:
@@ -415,6 +419,7 @@ class CancelResult:
     def as_dict(self) -> dict[str, Any]:
         return {"cancelled": self.cancelled, "planned": self.planned, "leased": self.leased,
                 "running": [{"job_id": i, "fence": f} for i, f in self.leases],
+                "already_cancelled": list(self.already_cancelled),
                 "finished": list(self.finished), "other_state": list(self.other_state),
                 "not_found": list(self.not_found)}
 

@@ -42,6 +42,7 @@ due is not work), so a program that serves its schedules waits for its own stop 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -135,7 +136,7 @@ if TYPE_CHECKING:
 
     from syncward.adapters.base import Source
     from syncward.imports import ImportRecord
-    from syncward.messages import ImportResult
+    from syncward.messages import ImportJob, ImportResult
     from syncward.testing.faults import Faults
 
 __all__ = ["ReconcileHook", "Runtime", "RuntimeStatus"]
@@ -198,10 +199,11 @@ def _check_limits(spec: JobSpec) -> None:
         raise InvalidJob(f"must be an int from 1 to {_MAX_ATTEMPTS_LIMIT}, "
                          f"got {spec.max_attempts!r}", field="max_attempts")
     p = spec.priority
-    if (isinstance(p, bool) or not isinstance(p, int)
-            or not -_PRIORITY_LIMIT <= p <= _PRIORITY_LIMIT):
+    if type(p) is not int or not -_PRIORITY_LIMIT <= p <= _PRIORITY_LIMIT:  # not bool
         raise InvalidJob(f"must be an int from -{_PRIORITY_LIMIT} to {_PRIORITY_LIMIT}, "
                          f"got {p!r}", field="priority")
+    if spec.lease_seconds is None and spec.timeout is None:
+        return
     for name in ("lease_seconds", "timeout"):
         value = getattr(spec, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
@@ -278,14 +280,15 @@ class Runtime:
         if not all(isinstance(limit, Limit) for limit in self.limits):
             raise ConfigError("limits must be syncward.Limit objects")
         if len({limit.name for limit in self.limits}) != len(self.limits):
-            raise ConfigError("limits need distinct names")
+            raise ConfigError(f"limits need distinct names: {_twice(self.limits)} is given twice")
         if len({src.name for src in self.sources}) != len(self.sources):
-            raise ConfigError("sources need distinct names")
+            raise ConfigError(f"sources need distinct names: {_twice(self.sources)} is given twice")
         self.schedules = tuple(schedules)
         if not all(isinstance(s, Schedule) for s in self.schedules):
             raise ConfigError("schedules must be syncward.Schedule objects")
         if len({s.name for s in self.schedules}) != len(self.schedules):
-            raise ConfigError("schedules need distinct names")
+            raise ConfigError(
+                f"schedules need distinct names: {_twice(self.schedules)} is given twice")
         #: What each schedule is doing (see `syncward.actors.scheduler`).
         self.schedule_board = ScheduleBoard([s.name for s in self.schedules])
         self.clock: Clock = clock or SystemClock()
@@ -628,8 +631,15 @@ class Runtime:
         """
         from syncward.adapters.importer import record_chunks, run_import
 
+        limits = self.limits
+
+        def limit_key(job: ImportJob) -> str | None:  # a planned job obeys the limits
+            return limit_key_of(limits, JobSpec(identity=json.loads(job.identity),
+                                                payload=json.loads(job.payload)))
+
         return await run_import(record_chunks(records, _SUBMIT_CHUNK), self._syncer_mb.send,
-                                max_attempts=self.max_attempts, dry_run=dry_run)
+                                max_attempts=self.max_attempts, dry_run=dry_run,
+                                limit_key=limit_key if limits else None)
 
     async def start_run(self, source: str, options: dict[str, Any]) -> int:
         """Record a run (a manifest being submitted); returns its id."""
@@ -999,6 +1009,16 @@ class _SourcePort:
 
     async def get_meta(self, key: str) -> str | None:
         return await self._rt.store.get_meta(key)
+
+
+def _twice(items: Sequence[Any]) -> str:
+    """The first name among ``items`` (things with a ``name``) that comes twice, quoted."""
+    seen: set[str] = set()
+    for item in items:
+        if item.name in seen:
+            return repr(item.name)
+        seen.add(item.name)
+    return "a name"
 
 
 def _job_key_arg(key: object) -> str:

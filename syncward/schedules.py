@@ -130,9 +130,19 @@ class Schedule:
         return _first(CronSim(self.cron, start))
 
     def latest_tick(self, at: float) -> float | None:
-        """The latest tick at or before ``at``, or None (none in the last fifty years)."""
+        """The latest tick at or before ``at``, or None (none in the last fifty years).
+
+        The ticks are the ones `next_tick` walks through. cronsim's reverse iteration can
+        pass one over (from a time in the hour repeated when the clocks go back, it
+        answers the day before's tick of a daily schedule whose tick that day fell before
+        the change), so its answer is walked forwards to the last tick at or before ``at``.
+        """
         start = datetime.fromtimestamp(math.floor(at) + 1, self._zone)
-        return _first(CronSim(self.cron, start, reverse=True))
+        latest = _first(CronSim(self.cron, start, reverse=True))
+        while latest is not None and (later := self.next_tick(latest)) is not None \
+                and later <= at:
+            latest = later
+        return latest
 
     def identity(self, tick: float) -> dict[str, str]:
         """The identity of the job of ``tick``: ``{"schedule": name, "tick": ISO UTC}``."""

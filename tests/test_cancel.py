@@ -87,7 +87,7 @@ async def test_cancel_planned_jobs_by_state_and_by_key(store_url: str) -> None:
             rest = await rt.cancel(state="planned")
             assert (rest.planned, rest.leased, rest.leases) == (4, 0, ())
             again = await rt.cancel([job_key({"n": 0})])
-            assert again.finished == (job_key({"n": 0}),) and again.cancelled == 0
+            assert again.already_cancelled == (job_key({"n": 0}),) and again.cancelled == 0
             rt.resume()
             await rt.submit([{"n": "after"}])  # the cancel does not touch later jobs
             await rt.join()

@@ -328,8 +328,8 @@ def test_cancel_skips_planned_jobs_by_key_and_by_state(tmp_path: Path,
     result = syncward(tmp_path, "cancel", one.upper(), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
-        "cancelled": 1, "planned": 1, "leased": 0, "running": [], "finished": [],
-        "other_state": [], "not_found": []}
+        "cancelled": 1, "planned": 1, "leased": 0, "running": [], "already_cancelled": [],
+        "finished": [], "other_state": [], "not_found": []}
     left = invoke(tmp_path, monkeypatch, "cancel", one, done, nobody)
     assert left.returncode == 1
     assert "cancelled 0 job(s)" in left.stdout

@@ -206,7 +206,7 @@ def test_bad_limits_and_priorities_are_refused_naming_the_field() -> None:
         Limit("host", key=host_of, rate=0)
     with pytest.raises(ConfigError, match="limit 'host': give a concurrency, a rate or both"):
         Limit("host", key=host_of)
-    with pytest.raises(ConfigError, match="limits need distinct names"):
+    with pytest.raises(ConfigError, match="limits need distinct names: 'h' is given twice"):
         Runtime(fetch, limits=[Limit("h", key=host_of, rate=1), Limit("h", key=host_of,
                                                                       rate=2)])
 

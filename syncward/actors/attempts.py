@@ -91,9 +91,18 @@ class Attempts:
         return attempt
 
     def finish(self, attempt: Attempt) -> None:
+        """The attempt is over. One whose lease ended stays marked until its job is
+        acknowledged (`acknowledged`): a downloader stopped before that (a restart of the
+        pool) hands the job to the next one, which must not start it again."""
         ident = (attempt.job_id, attempt.fence)
         if self._running.get(ident) is attempt:
             del self._running[ident]
+        if attempt.ended is not None:
+            self._ended[ident] = attempt.ended
+
+    def acknowledged(self, attempt: Attempt) -> None:
+        """Its job has left the work mailbox: nothing can start it again."""
+        self._ended.pop((attempt.job_id, attempt.fence), None)
 
     def end(self, leases: Iterable[tuple[int, int]], why: str) -> int:
         """Stop whatever this process does under these ``(job id, fence)`` leases.

@@ -218,7 +218,20 @@ class Downloader:
             while not self._stopping:
                 job = await self.work.receive(self.name)
                 self._busy = True
-                outcome = await self._attempt(job)
+                # The attempt's bookkeeping inline, not in a coroutine of its own: one frame
+                # fewer per job on the hot path (a no-op job costs tens of microseconds).
+                attempts = self.attempts
+                attempt = attempts.start(job) if attempts is not None else None
+                if attempts is not None and attempt is None:
+                    outcome = None  # its lease ended while it waited: never started
+                else:
+                    try:
+                        outcome = await self._run_handler(job, attempt)
+                    finally:
+                        if attempt is not None:
+                            attempts.finish(attempt)  # type: ignore[union-attr]
+                    if attempt is not None and attempt.ended is not None:
+                        outcome = None  # cancelled, or its lease lost: it would be stale
                 if self.faults is not None:
                     self.faults.check("downloader.before_outcome")
                 # The job stays in flight until its outcome is in the syncer's mailbox (a send
@@ -226,21 +239,9 @@ class Downloader:
                 if outcome is not None:  # None: its lease ended under it (nothing to say)
                     await self.syncer.send(outcome)
                 self.work.ack(self.name)
+                if attempt is not None:  # a mark its lease's end left is done with too
+                    attempts.acknowledged(attempt)  # type: ignore[union-attr]
                 self._busy = False
-
-    async def _attempt(self, job: Job) -> Outcome | None:
-        attempts = self.attempts
-        attempt = attempts.start(job) if attempts is not None else None
-        if attempts is not None and attempt is None:
-            return None  # its lease ended while it waited: never started
-        try:
-            outcome = await self._run_handler(job, attempt)
-        finally:
-            if attempt is not None:
-                attempts.finish(attempt)  # type: ignore[union-attr]
-        if attempt is not None and attempt.ended is not None:
-            return None  # cancelled, or the lease was lost: an outcome would be stale
-        return outcome
 
     async def _run_handler(self, job: Job, attempt: Attempt | None) -> Outcome:
         ctx = Context(job, syncer=self.syncer, store=self.store, stages=self.stages)

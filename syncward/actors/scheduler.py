@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from syncward.actors._periodic import LoopActor
-from syncward.errors import MailboxClosed
+from syncward.errors import MailboxClosed, StoreUnavailable
 from syncward.messages import Reply, SetMeta
 from syncward.schedules import format_tick, parse_tick
 
@@ -66,6 +66,8 @@ log = logging.getLogger("syncward.scheduler")
 
 #: The longest the scheduler sleeps before reading the clock again (seconds).
 MAX_NAP = 60.0
+#: The first wait before reading a schedule's record again after the store failed (s).
+_READ_RETRY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +165,8 @@ class Scheduler(LoopActor):
         nothing: ticks due since then came due while the runtime ran, so the loop submits
         them whatever ``missed`` says.
         """
+        stored = await self._read(schedule)
         now = self.clock.now()
-        stored = await self.get_meta(schedule.meta_key)
         done = _parse(schedule, stored)
         earlier = self.board[schedule.name].done_until
         if earlier is not None:
@@ -189,6 +191,22 @@ class Scheduler(LoopActor):
         self.board.update(schedule.name, done_until=done)
         return done
 
+    async def _read(self, schedule: Schedule) -> str | None:
+        """The schedule's record; a read the store fails is tried again on the clock.
+
+        Never a crash: the store failing for longer than a moment would spend the root
+        supervisor's restart intensity on the scheduler and stop the whole runtime.
+        """
+        delay = _READ_RETRY
+        while True:
+            try:
+                return await self.get_meta(schedule.meta_key)
+            except StoreUnavailable as exc:
+                log.warning("schedule %r: cannot read %s (%s); trying again in %gs",
+                            schedule.name, schedule.meta_key, exc, delay)
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, MAX_NAP)
+
     async def _step(self, schedule: Schedule, done: float) -> float:
         """Step 2 of the module docstring, once: a sleep, or a tick submitted."""
         tick = schedule.next_tick(done)
@@ -200,7 +218,9 @@ class Scheduler(LoopActor):
         if tick > now:
             await self.clock.sleep(min(tick - now, MAX_NAP))
             return done
-        due = schedule.latest_tick(now) or tick  # ticks that came due together: one job
+        # Ticks that came due together: one job, the latest (never one before ``tick``: the
+        # scheduler must move forwards whatever the reverse search answers).
+        due = max(tick, schedule.latest_tick(now) or tick)
         await self._submit(schedule, due)
         await self._record(schedule, due)
         self.board.update(schedule.name, done_until=due)

@@ -346,6 +346,11 @@ class Syncer:
                             order: LeaseOrder | None, now: float,
                             recounts: list[Recount | Wake]
                             ) -> None:
+        if self.on_ended is not None:  # first, before anything that can fail or wait
+            ended = [lease for res in result.results if type(res) is CancelResult
+                     for lease in res.leases]
+            if ended:
+                self.on_ended(ended)
         h = self.health
         h.commits += 1
         h.messages += len(batch)
@@ -390,11 +395,6 @@ class Syncer:
             self._next_due = now  # a lease ended: its limit key may have room again
         if self.faults is not None:
             self.faults.check("syncer.after_commit")
-        if self.on_ended is not None:
-            ended = [lease for res in result.results if type(res) is CancelResult
-                     for lease in res.leases]
-            if ended:
-                self.on_ended(ended)
         for msg, res in zip(batch, result.results, strict=True):
             if isinstance(res, Rejected):
                 h.rejected += 1

@@ -18,7 +18,8 @@ Sources, chosen by the name (or ``fmt``):
   in chunks, nothing popped or trimmed); each entry is one ``.jsonl`` record, canonical
   or flat as above, and its "line" is its index + 1.
 
-``state`` is the state of a record that names none (default planned). Iterating yields,
+``state`` is the state of a record that names none (default planned); ``key_text`` turns
+integer identity values into text, in flat and canonical records alike. Iterating yields,
 in order, a `Record` ``(line, record)`` per good line and a `Rejection` ``(line, reason,
 raw)`` per bad one; the reason names the field (``field 'state': unknown state ...``).
 Lines are physical and 1-based, as in `syncward.adapters.manifest`, whose line reader
@@ -36,7 +37,9 @@ than a line (unreadable, no csv header, a missing key column, a bad URL) raise
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
@@ -54,7 +57,7 @@ from syncward.adapters.manifest import (
 from syncward.errors import ConfigError, InvalidJob
 from syncward.imports import ImportRecord, describe_invalid, record_from_object, to_import_job
 from syncward.jobs import JobState
-from syncward.messages import Import, ImportResult, Reply
+from syncward.messages import Import, ImportJob, ImportResult, Reply
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -64,7 +67,6 @@ if TYPE_CHECKING:
         Callable,
         Iterable,
         Iterator,
-        Mapping,
         Sequence,
     )
 
@@ -112,12 +114,15 @@ def parse_line(line: int, text: str, *, key: Sequence[str] = (),
         obj = json.loads(text)
     except ValueError as exc:
         return Rejection(line, f"not valid JSON: {exc}", _raw(text))
+    except RecursionError:  # not a ValueError: one such line must not stop the others
+        return Rejection(line, "not valid JSON: nested too deeply", _raw(text))
     if not isinstance(obj, dict):
         return Rejection(line, f"expected a JSON object, got {_json_type(obj)}", _raw(text))
     try:
         if key:
             return Record(line, _flat(obj, key, state, key_text))
-        return Record(line, record_from_object(obj, state=state))
+        record = record_from_object(obj, state=state)
+        return Record(line, _text_identity(record) if key_text else record)
     except InvalidJob as exc:
         return Rejection(line, describe_invalid(exc), _raw(text))
 
@@ -130,14 +135,25 @@ def _flat(obj: dict[str, Any], key: Sequence[str], state: JobState, key_text: bo
             raise InvalidJob("is missing (an identity field, --key)", field=name)
     identity = {k: fields.pop(k) for k in key}
     if key_text:
-        identity = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                    for k, v in identity.items()}
+        identity = _text_values(identity)
     reserved = {name: fields.pop(name) for name in RESERVED if name in fields}
     return ImportRecord(
-        identity=identity, state=reserved.get("state") or state,
+        identity=identity, state=_or(reserved.get("state"), state),
         result=reserved.get("result"), error=reserved.get("error"),
         attempts=_or(reserved.get("attempts"), 0), payload=fields,
         max_attempts=reserved.get("max_attempts"))
+
+
+def _text_values(identity: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in identity.items()}
+
+
+def _text_identity(record: ImportRecord) -> ImportRecord:
+    """``record`` with its integer identity values as text (``--key-text``)."""
+    if not isinstance(record.identity, Mapping):
+        return record  # refused, naming the field, when it is encoded
+    return dataclasses.replace(record, identity=_text_values(record.identity))
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -258,6 +274,8 @@ def _csv_item(entry: Entry, state: JobState) -> ImportItem:
                 result = json.loads(given["result"])
             except ValueError as exc:
                 raise InvalidJob(f"not valid JSON: {exc}", field="result") from None
+            except RecursionError:
+                raise InvalidJob("not valid JSON: nested too deeply", field="result") from None
         record = ImportRecord(
             identity=entry.spec.identity, state=given.get("state") or state, result=result,
             error=given.get("error"), attempts=_int_cell(given, "attempts", 0) or 0,
@@ -372,10 +390,12 @@ async def _each(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]
 async def run_import(chunks: AsyncIterable[list[ImportItem]],
                      send: Callable[[Import], Awaitable[None]], *, max_attempts: int,
                      dry_run: bool = False, window: int = 4,
-                     on_rejected: Callable[[Rejection], None] | None = None
+                     on_rejected: Callable[[Rejection], None] | None = None,
+                     limit_key: Callable[[ImportJob], str | None] | None = None
                      ) -> ImportResult:
     """Import ``chunks``: one `Import` message per chunk, given to ``send`` (which hands
     it to whatever applies it and sets its reply), at most ``window`` awaiting replies.
+    ``limit_key`` names the limit key of a planned job (a runtime's limits).
 
     Records that cannot become jobs are counted, listed (the first few) and passed to
     ``on_rejected``. Returns the sum of every chunk's result.
@@ -392,8 +412,10 @@ async def run_import(chunks: AsyncIterable[list[ImportItem]],
                     on_rejected(item)
                 continue
             try:
-                jobs.append(to_import_job(item.record, max_attempts=max_attempts,
-                                          line=item.line))
+                job = to_import_job(item.record, max_attempts=max_attempts, line=item.line)
+                if limit_key is not None and job.state is JobState.PLANNED:
+                    job = dataclasses.replace(job, limit_key=limit_key(job))
+                jobs.append(job)
             except InvalidJob as exc:
                 bad = Rejection(item.line, describe_invalid(exc), "")
                 rejected.append((bad.line, bad.reason))

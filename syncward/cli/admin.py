@@ -169,6 +169,8 @@ def cancel(keys: tuple[str, ...], db: str, state: str | None, as_json: bool) -> 
     else:
         click.echo(f"cancelled {done.cancelled} job(s): {done.planned} planned, "
                    f"{done.leased} leased")
+        for k in done.already_cancelled:
+            click.echo(f"already cancelled: {k}", err=True)
         for why, found in (("no such job", done.not_found),
                            ("already finished", done.finished),
                            (f"not {state}", done.other_state)):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -40,7 +41,7 @@ from syncward.imports import parse_state
 from syncward.jobs import JobState
 from syncward.messages import Import, ImportResult, refuse, settle
 from syncward.report import dumps
-from syncward.store import open_store
+from syncward.store import check_url, open_store, scheme_of
 from syncward.store.urls import redact
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ Exit status:
 @click.option("--state", type=click.Choice(_STATES, case_sensitive=False), default=None,
               help="The state of records that name none (default planned).")
 @click.option("--key-text", is_flag=True,
-              help="Integer identity values of flat records become text (757076 -> "
+              help="Integer identity values become text (757076 -> "
                    "\"757076\"), as a .txt or .csv manifest reads them, so a later "
                    "`syncward run` of such a manifest finds the jobs.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"], case_sensitive=False),
@@ -145,7 +146,7 @@ async def import_into(db: str, items: Callable[[], AsyncIterator[list[ImportItem
         StoreLocked: a runtime holds the (exclusive) store (exit 2, with a hint).
     """
     try:
-        store = await open_store(db)
+        store = await open_store(_dry_run_url(db) if dry_run else db)
     except StoreLocked as exc:
         fail(f"{exc}: stop it first, or import through its API (Runtime.import_jobs)")
     send, receive = anyio.create_memory_object_stream[Import](1)
@@ -175,6 +176,14 @@ async def import_into(db: str, items: Callable[[], AsyncIterator[list[ImportItem
     finally:
         await store.aclose()
     return result
+
+
+def _dry_run_url(db: str) -> str:
+    """The store a dry run reads: ``db``, or an empty one in memory when ``db`` is a SQLite
+    file that does not exist yet (opening it would create it: a dry run writes nothing)."""
+    if scheme_of(db) != "sqlite":
+        return db
+    return db if Path(check_url(db, must_exist=False)).exists() else "memory://"
 
 
 def _show(result: ImportResult, label: str, as_json: bool) -> None:

@@ -153,7 +153,8 @@ class RunOutcome:
 # --- the command -------------------------------------------------------------------------
 
 
-@click.command(epilog=EXIT_STATUS, short_help="Run every job of a manifest file (or stdin).")
+@click.command(epilog=EXIT_STATUS,
+               short_help="Run a manifest's jobs (a file, stdin, Redis), or schedules.")
 @click.argument("source", metavar="[SOURCE]", required=False)
 @click.option("--handler", "handler", required=True, metavar="TARGET",
               help="The async handler(job, ctx): package.module:function or "

@@ -481,7 +481,8 @@ class _Batch:
                 seen[key] = job.state
                 pending.append((key, job))
                 rows.append((key, job.identity, job.payload, job.state.value, job.result,
-                             job.error, job.attempts, job.max_attempts, now, msg.token, now))
+                             job.error, job.attempts, job.max_attempts, now, msg.token, now,
+                             job.limit_key))
             elif hit[1] == msg.token:  # created by this very message, delivered before
                 seen[key] = job.state
                 tally.add_new(job.state)
@@ -653,17 +654,23 @@ class _Batch:
         planned = 0
         leases: list[tuple[int, int]] = []
         finished: list[str] = []
+        already: list[str] = []
         other: list[str] = []
         seen: set[str] = set()
         for fresh in found:
             row = self.rows.setdefault(fresh.id, fresh)  # the view's row, if it has one
             seen.add(row.key.hex())
-            if row.state in TERMINAL:
+            if wanted is None and row.state not in states:
+                continue  # another writer changed it since its id was read: not asked for
+            if row.state is JobState.SKIPPED and row.ended_by == CANCELLED:
+                already.append(row.key.hex())
+            elif row.state in TERMINAL:
                 finished.append(row.key.hex())
             elif row.state not in states:
                 other.append(row.key.hex())
             elif row.state is JobState.PLANNED:
                 self._move_row(row, JobState.SKIPPED)
+                row.ended_by = CANCELLED
                 skips.append((CANCELLED, self.now, row.id))
                 planned += 1
             else:
@@ -680,6 +687,7 @@ class _Batch:
         return CancelResult(
             planned=planned, leased=len(leases), leases=tuple(leases),
             finished=tuple(finished), other_state=tuple(other),
+            already_cancelled=tuple(already),
             not_found=tuple(k for k in wanted or () if k not in seen))
 
     async def lease(self, order: LeaseOrder) -> list[Job]:

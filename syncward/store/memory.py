@@ -306,7 +306,7 @@ class _MemoryTx:
         inserted: set[bytes] = set()
         d = self.d
         for (key, identity, payload, state, result, error, attempts, max_attempts, next_at,
-             token, now) in rows:
+             token, now, limit_key) in rows:
             if key in d.by_key:
                 continue
             job_id = d.counters["job"] + 1
@@ -315,7 +315,7 @@ class _MemoryTx:
                        state=JobState(state), max_attempts=max_attempts,
                        next_attempt_at=next_at, lease_seconds=None, timeout=None,
                        created_by=token, created_at=now, updated_at=now, attempts=attempts,
-                       last_error=error, result=result)
+                       last_error=error, result=result, limit_key=limit_key)
             self._set(d.jobs, job_id, job)
             self._saved_jobs.add(job_id)  # new: the undo above removes it whole
             self._set(d.by_key, key, job_id)
@@ -486,7 +486,7 @@ class _MemoryTx:
             job = self._job(job_id)
             if job is not None and job.state is _PLANNED:
                 job.state = JobState.SKIPPED  # its heap entry is left to lazy deletion
-                job.last_error, job.updated_at = error, now
+                job.last_error, job.ended_by, job.updated_at = error, error, now
 
     async def count_by_state(self) -> dict[JobState, int]:
         return _count(self.d)

@@ -55,11 +55,11 @@ T = TypeVar("T")
 InsertJob: TypeAlias = tuple[bytes, str, str, int, float, "float | None", "float | None", int,
                              float, int, "str | None"]
 #: (key, identity JSON, payload JSON, state, result JSON, last_error, attempts,
-#:  max_attempts, next_attempt_at, created_by token, created_at = updated_at) — an
-#:  imported job, created in its state (never leased); the columns not named take their
-#:  defaults.
+#:  max_attempts, next_attempt_at, created_by token, created_at = updated_at, limit key) —
+#:  an imported job, created in its state (never leased); the columns not named take
+#:  their defaults.
 ImportRow: TypeAlias = tuple[bytes, str, str, str, "str | None", "str | None", int, int, float,
-                             int, float]
+                             int, float, "str | None"]
 #: (lease_expires_at, updated_at, job id, fence)
 RenewWrite: TypeAlias = tuple[float, float, int, int]
 #: (stage, updated_at, job id, fence)
@@ -74,8 +74,8 @@ ReleaseWrite: TypeAlias = tuple[int, float, int, float, int]
 OpWrite: TypeAlias = tuple[bytes, int, str, str, float]
 #: (next_attempt_at, updated_at, job id) — planned, attempts 0, result cleared.
 RequeueWrite: TypeAlias = tuple[float, float, int]
-#: (last_error, updated_at, job id) — a planned job skipped (cancelled); its other
-#:  columns are kept.
+#: (last_error, updated_at, job id) — a planned job skipped (cancelled): ``ended_by`` is
+#:  set to the last error too ("cancelled": what ended it); its other columns are kept.
 SkipWrite: TypeAlias = tuple[str, float, int]
 
 

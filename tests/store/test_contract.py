@@ -641,7 +641,7 @@ async def test_cancel_in_a_batch_sees_and_is_seen_by_its_neighbours(backend: Bac
     await twice.apply(batch, now=T0 + 1)
     again = await twice.apply(batch, now=T0 + 1)  # redelivered after its commit
     assert again.deltas == {}
-    assert again.results[1] == CancelResult(finished=(job.key,))
+    assert again.results[1] == CancelResult(already_cancelled=(job.key,))  # said again
     for store in (once, twice):
         cancelled = await row(store, {"n": 1})
         assert (cancelled.state, cancelled.stage, cancelled.result) == (

@@ -246,8 +246,8 @@ async def test_cancel_route_skips_jobs_of_a_live_runtime_and_a_watcher_refuses()
                 done = await c.post("/api/jobs/cancel", json={"keys": [one]}, headers=AUTH)
                 assert done.status_code == 200, done.text
                 assert done.json() == {"cancelled": 1, "planned": 1, "leased": 0,
-                                       "running": [], "finished": [], "other_state": [],
-                                       "not_found": []}
+                                       "running": [], "already_cancelled": [],
+                                       "finished": [], "other_state": [], "not_found": []}
                 rest = await c.post("/api/jobs/cancel", json={"state": "planned"},
                                     headers=AUTH)
                 assert rest.json()["planned"] == 2

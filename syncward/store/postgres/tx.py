@@ -156,11 +156,12 @@ class PostgresTx:
         w = [(k, i, p, s, r, clean(e), *rest) for k, i, p, s, r, e, *rest in rows]
         inserted = await self.conn.fetch(
             "INSERT INTO jobs (key, identity, payload, state, result, last_error, attempts,"
-            " max_attempts, next_attempt_at, created_by, created_at, updated_at)"
-            " SELECT k, i, p, s, r, e, a, m, n, c, t, t FROM unnest($1::bytea[], $2::text[],"
-            " $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[],"
-            " $9::float8[], $10::bigint[], $11::float8[]) AS u(k, i, p, s, r, e, a, m, n, c, t)"
-            " ON CONFLICT (key) DO NOTHING RETURNING key, state", *_cols(w, 11))
+            " max_attempts, next_attempt_at, created_by, created_at, updated_at, limit_key)"
+            " SELECT k, i, p, s, r, e, a, m, n, c, t, t, lk FROM unnest($1::bytea[],"
+            " $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],"
+            " $8::int[], $9::float8[], $10::bigint[], $11::float8[], $12::text[])"
+            " AS u(k, i, p, s, r, e, a, m, n, c, t, lk)"
+            " ON CONFLICT (key) DO NOTHING RETURNING key, state", *_cols(w, 12))
         if any(r[1] == "planned" for r in inserted):
             self.planned_changed = True
         return {bytes(r[0]) for r in inserted}
@@ -327,7 +328,8 @@ class PostgresTx:
 
     async def skip_planned(self, writes: Sequence[SkipWrite]) -> None:
         await self.conn.execute(
-            "UPDATE jobs j SET state = 'skipped', last_error = u.e, updated_at = u.n FROM"
+            "UPDATE jobs j SET state = 'skipped', last_error = u.e, ended_by = u.e,"
+            " updated_at = u.n FROM"
             " unnest($1::text[], $2::float8[], $3::bigint[]) AS u(e, n, id)"
             " WHERE j.id = u.id AND j.state = 'planned'",
             *_cols([(clean(e), n, i) for e, n, i in writes], 3))

@@ -128,8 +128,9 @@ class SQLiteTx:
         # defaults. One writer and keys looked up in this transaction: every row is new.
         self.conn.executemany(
             "INSERT OR IGNORE INTO jobs (key, identity, payload, state, result, last_error,"
-            " attempts, max_attempts, next_attempt_at, created_by, created_at, updated_at)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)", rows)
+            " attempts, max_attempts, next_attempt_at, created_by, created_at, updated_at,"
+            " limit_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
+            rows)
         return {r[0] for r in rows}
 
     async def insert_run_entries(self, entries: Sequence[tuple[int, int, bytes]]) -> None:
@@ -271,8 +272,8 @@ class SQLiteTx:
 
     async def skip_planned(self, writes: Sequence[SkipWrite]) -> None:
         self.conn.executemany(
-            "UPDATE jobs SET state = 'skipped', last_error = ?, updated_at = ?"
-            " WHERE id = ? AND state = 'planned'", writes)
+            "UPDATE jobs SET state = 'skipped', last_error = ?1, ended_by = ?1, updated_at = ?2"
+            " WHERE id = ?3 AND state = 'planned'", writes)
 
     async def count_by_state(self) -> dict[JobState, int]:
         counts = dict.fromkeys(JobState, 0)
