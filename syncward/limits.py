@@ -158,6 +158,35 @@ class KeyBudget:
                 at = ready if at is None else max(at, ready)
         return at
 
+    def room(self, now: float, n: int) -> int:
+        """How many jobs may start now, at most ``n``: what `take` would allow, counted
+        at once (the rate's share in closed form)."""
+        rule = self.rule
+        if rule is None:
+            return n
+        if self.held_until is not None and self.held_until > now:
+            return 0
+        room = n
+        if rule.concurrency is not None:
+            room = min(room, rule.concurrency - self.leased)
+        if rule.rate:
+            ahead = 0.0 if self.tat is None else max(self.tat - now, 0.0)
+            if ahead > rule.tolerance + 1e-9:
+                return 0
+            room = min(room, int((rule.tolerance - ahead + 1e-9) // rule.interval) + 1)
+        return max(room, 0)
+
+    def take_many(self, now: float, k: int) -> None:
+        """Start ``k`` jobs now (no more than `room` allowed): `take` ``k`` times."""
+        rule = self.rule
+        if rule is None or k <= 0:
+            return
+        self.leased += k
+        if rule.rate:
+            tat = now if self.tat is None else max(self.tat, now)
+            self.tat = tat + k * rule.interval
+            self.changed = True
+
     def take(self, now: float) -> bool:
         """Start one job now if the limit allows it; updates the state."""
         rule = self.rule

@@ -85,7 +85,7 @@ class Attempts:
     def start(self, job: Job) -> Attempt | None:
         """Register an attempt of ``job`` about to run; None if its lease has ended."""
         ident = (job.id, job.fence)
-        if self._ended.pop(ident, None) is not None:
+        if self._ended and self._ended.pop(ident, None) is not None:
             return None
         attempt = self._running[ident] = Attempt(job.id, job.fence)
         return attempt
@@ -102,7 +102,8 @@ class Attempts:
 
     def acknowledged(self, attempt: Attempt) -> None:
         """Its job has left the work mailbox: nothing can start it again."""
-        self._ended.pop((attempt.job_id, attempt.fence), None)
+        if self._ended:
+            self._ended.pop((attempt.job_id, attempt.fence), None)
 
     def end(self, leases: Iterable[tuple[int, int]], why: str) -> int:
         """Stop whatever this process does under these ``(job id, fence)`` leases.

@@ -37,7 +37,6 @@ backends put in their UPDATE — and the contract suite holds the two equal.
 
 from __future__ import annotations
 
-import heapq
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
@@ -111,53 +110,39 @@ __all__ = ["Applier"]
 LIMIT_POLL = 1.0
 
 
-_MIN_CHUNK = 32
+_MIN_CHUNK = 16
 
 
 @dataclass
-class _KeyStream:
-    """One limit key's due jobs in rank order, read a chunk at a time (at most ``room``)."""
+class _KeyRows:
+    """One limit key's due jobs read so far, in rank order, and how many it may take."""
 
     budget: KeyBudget
     room: int
-    chunk: int
-    rows: list[tuple[float, int]] = field(default_factory=list)
-    pos: int = 0
-    read: int = 0
-    short: bool = False  # a read found fewer than asked: some may not be due yet
-
-    async def fill(self, tx: WriteTx, now: float) -> None:
-        want = min(self.chunk, self.room - self.read)
-        after = self.rows[-1] if self.rows else None
-        self.rows = await tx.due_ids(now, self.budget.key, want, after=after)
-        self.pos = 0
-        self.read += len(self.rows)
-        self.short = len(self.rows) < want
-
-    async def advance(self, tx: WriteTx, now: float) -> tuple[float, int] | None:
-        """The next candidate after the one just taken, reading more when needed."""
-        self.pos += 1
-        if self.pos == len(self.rows):
-            if self.short or self.read >= self.room:
-                return None
-            await self.fill(tx, now)
-            if not self.rows:
-                return None
-        return self.rows[self.pos]
+    rows: list[tuple[float, int]]
+    exhausted: bool  # a read found fewer than asked: no more are due
 
 
-def _room(budget: KeyBudget, n: int, now: float) -> int:
-    """How many of a key's jobs could start now at most (the candidates to fetch)."""
-    rule = budget.rule
-    assert rule is not None
-    if budget.blocked_until(now) is not None:
-        return 0
-    room = n
-    if rule.concurrency is not None:
-        room = min(room, rule.concurrency - budget.leased)
-    if rule.rate:
-        room = min(room, rule.burst)
-    return room
+def _merge(free: list[tuple[float, int]], streams: list[_KeyRows], n: int
+           ) -> tuple[list[int], list[int], tuple[float, int] | None]:
+    """Up to ``n`` job ids by rank from the free jobs and the keys' rows, each key no more
+    than its room; with how many each key gave, and the ``(rank, id)`` of the n-th (None
+    when fewer than ``n`` were there)."""
+    candidates = [(rank, job_id, -1) for rank, job_id in free]
+    for k, s in enumerate(streams):
+        candidates.extend((rank, job_id, k) for rank, job_id in s.rows)
+    candidates.sort()
+    chosen: list[int] = []
+    counts = [0] * len(streams)
+    for rank, job_id, k in candidates:
+        if k >= 0:
+            if counts[k] >= streams[k].room:
+                continue
+            counts[k] += 1
+        chosen.append(job_id)
+        if len(chosen) == n:
+            return chosen, counts, (rank, job_id)
+    return chosen, counts, None
 
 MAX_LOST_LISTED = 20
 GONE = "its process is gone"
@@ -717,56 +702,52 @@ class _Batch:
                             rules: Mapping[str, LimitRule]) -> list[DueRow]:
         """Lease in rank order, skipping jobs whose limit key has no room (`syncward.limits`).
 
-        The jobs without a limit key and each limit key's due jobs are merged by rank,
-        each key's read a chunk at a time as the merge reaches it; a limited candidate
-        takes its key's room (concurrency, then the rate) as it is chosen, and once a key
-        has no room, none of its later jobs are read. ``wake_at`` says when a key held
-        back by its rate or a hold may start again (a key at its concurrency starts again
-        when one of its leases ends: the syncer looks again then).
+        Each limit key's room (concurrency, rate, hold) is counted once; the jobs without
+        a limit key and each key's best due jobs (a chunk of them) are merged by rank, a
+        key's taken while it has room. A key whose chunk ran out while it had room, before
+        the merge was done, reads its next chunk and the merge is made again. ``wake_at``
+        says when a key held back by its rate or a hold may start again (a key at its
+        concurrency starts again when one of its leases ends: the syncer looks again then).
         """
         tx, now, n = self.tx, self.now, order.n
         free = await tx.due_ids(now, None, n)
-        heads: list[tuple[float, int, int]] = [(rank, job_id, -1) for rank, job_id in free[:1]]
-        budgets: list[KeyBudget] = []
-        streams: list[_KeyStream] = []
-        waiting = False
         keys = await tx.planned_limit_keys()
         usage = await tx.limit_usage(keys) if keys else {}
-        chunk = max(_MIN_CHUNK, 2 * n // max(1, len(keys)))
+        budgets: list[KeyBudget] = []
+        streams: list[_KeyRows] = []
+        waiting = False
+        # A fair share and a quarter more: jobs spread over the keys mostly need no second
+        # read; a key that has more of the best ones reads on (see the loop below).
+        share = n // max(1, len(keys))
+        chunk = max(_MIN_CHUNK, share + share // 4 + 1)
         for key in keys:
             leased, tat, held = usage.get(key, (0, None, None))
             budget = KeyBudget(key, rules.get(split_limit_key(key)), leased, tat, held)
             budgets.append(budget)
-            room = n if budget.rule is None else _room(budget, n, now)
+            room = budget.room(now, n)
             if room <= 0:  # held or rate-bound: it says when; at its concurrency: a lease
                 # of this runtime that ends wakes the syncer, another's does not: look again
                 waiting = waiting or budget.blocked_until(now) is None
                 continue
-            stream = _KeyStream(budget, room, min(room, chunk))
-            await stream.fill(tx, now)
-            if stream.rows:
-                heads.append((*stream.rows[0], len(streams)))
-            waiting = waiting or stream.short
-            streams.append(stream)
-        heapq.heapify(heads)
-        chosen: list[int] = []
-        next_free = 1
-        while heads and len(chosen) < n:
-            _, job_id, which = heapq.heappop(heads)
-            if which < 0:
-                chosen.append(job_id)
-                if next_free < len(free):
-                    heapq.heappush(heads, (*free[next_free], -1))
-                    next_free += 1
-                continue
-            stream = streams[which]
-            if not stream.budget.take(now):
-                continue  # no room left: nothing later of this key can start either
-            chosen.append(job_id)
-            head = await stream.advance(tx, now)
-            waiting = waiting or stream.short
-            if head is not None:
-                heapq.heappush(heads, (*head, which))
+            want = min(room, chunk)
+            rows = await tx.due_ids(now, key, want)
+            streams.append(_KeyRows(budget, room, rows, len(rows) < want))
+        while True:
+            chosen, counts, last = _merge(free, streams, n)
+            short = [k for k, s in enumerate(streams)
+                     if not s.exhausted and counts[k] == len(s.rows) < s.room
+                     and (last is None or s.rows[-1] <= last)]
+            if not short:
+                break
+            for k in short:  # it may have more jobs ranked before the merge's last
+                s = streams[k]
+                want = min(chunk, s.room - len(s.rows))
+                page = await tx.due_ids(now, s.budget.key, want, after=s.rows[-1])
+                s.exhausted = len(page) < want
+                s.rows.extend(page)
+        for k, s in enumerate(streams):
+            s.budget.take_many(now, counts[k])
+            waiting = waiting or s.exhausted  # some may not be due yet: look again soon
         wake = [at for b in budgets if (at := b.blocked_until(now)) is not None]
         if waiting:
             wake.append(now + LIMIT_POLL)

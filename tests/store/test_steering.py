@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from store_helpers import T0, new_job, submit
 
-from syncward.limits import LimitRule
+from syncward.limits import KeyBudget, LimitRule
 from syncward.messages import LeaseOrder, NewJob, Outcome, OutcomeKind
 from syncward.store.apply import LIMIT_POLL
 
@@ -196,3 +198,43 @@ async def test_concurrent_limited_leases_of_two_writers_never_exceed_the_key(
         tg.start_soon(take, first)
         tg.start_soon(take, second)
     assert sum(len(r) for r in results) == 4
+
+
+async def test_the_first_prioritised_or_limited_job_is_leased_also_after_a_reopen(
+        backend: Backend) -> None:
+    """A store of plain jobs leases from the plain index alone until a job with a priority
+    or a limit key arrives; from then on (and after reopening it) from all of them."""
+    store = await backend.open()
+    await submit(store, job(1))
+    assert numbers((await lease(store, 5, now=T0)).leased) == [1]
+    await submit(store, job(2, priority=5), job(3, key="host:a"), now=T0 + 1)
+    await store.aclose()
+    again = await backend.open()
+    assert numbers((await lease(again, 5, now=T0 + 2)).leased) == [2, 3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(concurrency=st.one_of(st.none(), st.integers(1, 20)),
+       rate=st.one_of(st.none(), st.floats(0.1, 1000.0)), burst=st.integers(1, 20),
+       leased=st.integers(0, 25), ahead=st.one_of(st.none(), st.floats(-5.0, 5.0)),
+       held=st.one_of(st.none(), st.floats(-5.0, 5.0)), n=st.integers(0, 40))
+def test_room_and_take_many_are_take_repeated(concurrency: int | None, rate: float | None,
+                                              burst: int, leased: int, ahead: float | None,
+                                              held: float | None, n: int) -> None:
+    """The lease counts a key's room at once; it must be what one take after another
+    allows, and leave the same state."""
+    if concurrency is None and rate is None:
+        rate = 1.0
+    rule = LimitRule(concurrency, rate, burst)
+    now = 1000.0
+    tat = None if ahead is None else now + ahead
+    until = None if held is None else now + held
+    one = KeyBudget("k", rule, leased, tat, until)
+    taken = 0
+    while taken < n and one.take(now):
+        taken += 1
+    many = KeyBudget("k", rule, leased, tat, until)
+    room = many.room(now, n)
+    many.take_many(now, room)
+    assert room == taken
+    assert (many.leased, many.tat) == (one.leased, pytest.approx(one.tat))

@@ -128,7 +128,7 @@ CREATE TABLE published (
 )
 """
 
-# Priorities and limits per key: see the SQLite schema's version 3 for the three disjoint
+# Priorities and limits per key: see the SQLite schema's version 3 for the two disjoint
 # partial indexes of planned jobs.
 _V2 = """
 ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0;
@@ -136,12 +136,8 @@ ALTER TABLE jobs ADD COLUMN limit_key text;
 DROP INDEX jobs_due;
 CREATE INDEX jobs_due ON jobs (next_attempt_at, id)
     WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL;
-CREATE INDEX jobs_rank ON jobs ((next_attempt_at - priority), id)
-    WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL;
-CREATE INDEX jobs_limited ON jobs (limit_key, (next_attempt_at - priority), id)
-    WHERE state = 'planned' AND limit_key IS NOT NULL;
-CREATE INDEX jobs_limit_leased ON jobs (limit_key)
-    WHERE state = 'leased' AND limit_key IS NOT NULL;
+CREATE INDEX jobs_steered ON jobs (limit_key, (next_attempt_at - priority), id)
+    WHERE state = 'planned' AND (priority <> 0 OR limit_key IS NOT NULL);
 CREATE TABLE limit_state (
     key        text PRIMARY KEY,
     tat        double precision,
@@ -149,14 +145,6 @@ CREATE TABLE limit_state (
 )
 """
 
-# When the next prioritised or limited job is due (see the SQLite schema's version 4).
-_V3 = """
-CREATE INDEX jobs_rank_due ON jobs (next_attempt_at)
-    WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL;
-CREATE INDEX jobs_limited_due ON jobs (next_attempt_at)
-    WHERE state = 'planned' AND limit_key IS NOT NULL
-"""
-
 #: MIGRATIONS[i] takes a schema from version i to i + 1.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)

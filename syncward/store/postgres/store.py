@@ -434,10 +434,12 @@ class PostgresStore:
         sql = ("SELECT min(m) FROM (SELECT min(next_attempt_at) AS m FROM jobs"
                " WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL"
                " UNION ALL SELECT min(next_attempt_at) FROM jobs"
-               " WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL")
+               " WHERE state = 'planned' AND (priority <> 0 OR limit_key IS NOT NULL)"
+               " AND limit_key IS NULL")
         if limited:
             sql += (" UNION ALL SELECT min(next_attempt_at) FROM jobs"
-                    " WHERE state = 'planned' AND limit_key IS NOT NULL")
+                    " WHERE state = 'planned' AND (priority <> 0 OR limit_key IS NOT NULL)"
+                    " AND limit_key IS NOT NULL")
         value = await self._value(sql + ") s")
         return None if value is None else float(value)
 

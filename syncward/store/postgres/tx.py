@@ -55,6 +55,8 @@ _FENCED_COLS = ("id, state, fence, attempts, max_attempts, stage, lease_expires_
 #: The transaction lock that serialises limited leasing (its own namespace: the second
 #: key of LOCK_NAMESPACE locks is a boot's).
 _LIMITS_NAMESPACE = LOCK_NAMESPACE + 1
+#: The predicate of the index of planned jobs with a priority or a limit key.
+_STEERED = "state = 'planned' AND (priority <> 0 OR limit_key IS NOT NULL)"
 _DUE_ROW = ("id, key, identity, payload, attempts, max_attempts, stage, fence,"
             " lease_seconds, timeout, next_attempt_at, priority")
 #: Due planned jobs from each of the three disjoint partial indexes (see the schema's
@@ -63,10 +65,12 @@ _DUE = """a AS (SELECT id, next_attempt_at AS r FROM jobs
       WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL AND next_attempt_at <= $1
       ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),
   b AS (SELECT id, next_attempt_at - priority AS r FROM jobs
-      WHERE state = 'planned' AND priority <> 0 AND limit_key IS NULL AND next_attempt_at <= $1
+      WHERE state = 'planned' AND (priority <> 0 OR limit_key IS NOT NULL) AND limit_key IS NULL
+        AND next_attempt_at <= $1
       ORDER BY next_attempt_at - priority, id LIMIT $2 FOR UPDATE SKIP LOCKED)"""
 _DUE_LIMITED = """, c AS (SELECT id, next_attempt_at - priority AS r FROM jobs
-      WHERE state = 'planned' AND limit_key IS NOT NULL AND next_attempt_at <= $1
+      WHERE state = 'planned' AND (priority <> 0 OR limit_key IS NOT NULL)
+        AND limit_key IS NOT NULL AND next_attempt_at <= $1
       ORDER BY next_attempt_at - priority, id LIMIT $2 FOR UPDATE SKIP LOCKED)"""
 _LEASE_SET = ("UPDATE jobs SET state = 'leased', lease_owner = $3, lease_boot = $4,"
               " lease_expires_at = $1 + coalesce(lease_seconds, $5), fence = fence + 1,"
@@ -116,7 +120,7 @@ class PostgresTx:
     def _fenced(self, rows: Sequence[Any]) -> list[FencedRow]:
         state = _STATE
         return [FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), r[8],
-                          r[9], limit_key=r[10]) for r in rows]
+                          r[9], False, r[10]) for r in rows]
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -244,9 +248,9 @@ class PostgresTx:
         # A loose index scan: one seek per distinct key.
         rows = await self.conn.fetch(
             "WITH RECURSIVE k(key) AS ("
-            " SELECT min(limit_key) FROM jobs WHERE state = 'planned' AND limit_key IS NOT NULL"
-            " UNION ALL SELECT (SELECT min(limit_key) FROM jobs WHERE state = 'planned'"
-            " AND limit_key IS NOT NULL AND limit_key > k.key) FROM k WHERE k.key IS NOT NULL)"
+            f" SELECT min(limit_key) FROM jobs WHERE {_STEERED} AND limit_key IS NOT NULL"
+            " UNION ALL SELECT (SELECT min(limit_key) FROM jobs"
+            f" WHERE {_STEERED} AND limit_key > k.key) FROM k WHERE k.key IS NOT NULL)"
             " SELECT key FROM k WHERE key IS NOT NULL")
         return [r[0] for r in rows]
 
@@ -260,8 +264,8 @@ class PostgresTx:
         else:
             page = "" if after is None else " AND (next_attempt_at - priority, id) > ($4, $5)"
             rows = await self.conn.fetch(
-                "SELECT next_attempt_at - priority AS r, id FROM jobs WHERE state = 'planned'"
-                f" AND limit_key IS NOT NULL AND limit_key = $3 AND next_attempt_at <= $1{page}"
+                f"SELECT next_attempt_at - priority AS r, id FROM jobs WHERE {_STEERED}"
+                f" AND limit_key = $3 AND next_attempt_at <= $1{page}"
                 " ORDER BY next_attempt_at - priority, id LIMIT $2 FOR UPDATE SKIP LOCKED",
                 now, n, key, *(after or ()))
         return [(r[0], r[1]) for r in rows]

@@ -79,7 +79,7 @@ from syncward.store.port import run_to_completion
 from syncward.store.rows import JOB_COLUMNS, LEASED_COLUMNS, job_row, leased_job
 from syncward.store.sqlite.checkpointer import Checkpointer
 from syncward.store.sqlite.schema import MIGRATIONS, SCHEMA_VERSION
-from syncward.store.sqlite.tx import SQLiteTx
+from syncward.store.sqlite.tx import STEERED, SQLiteTx
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -519,10 +519,10 @@ class SQLiteStore:
         sql = ("SELECT min(m) FROM (SELECT min(next_attempt_at) AS m FROM jobs"
                " WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL"
                " UNION ALL SELECT min(next_attempt_at) FROM jobs"
-               " WHERE state = 'planned' AND priority != 0 AND limit_key IS NULL")
+               f" WHERE {STEERED} AND limit_key IS NULL")
         if limited:
             sql += (" UNION ALL SELECT min(next_attempt_at) FROM jobs"
-                    " WHERE state = 'planned' AND limit_key IS NOT NULL")
+                    f" WHERE {STEERED} AND limit_key IS NOT NULL")
         rows = await self._fetchall(sql + ")")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 

@@ -10,6 +10,7 @@ caller's is dead, and a lookup followed by an insert cannot race another writer.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from syncward.jobs import JobState
@@ -47,26 +48,33 @@ def _due_order(row: DueRow) -> tuple[float, int]:
     return row.rank
 
 
-#: Due planned jobs in rank order from each of the three disjoint partial indexes (see the
-#: schema's version 3); ``?1`` is now, ``?2`` how many. The limited ones come in here only
-#: where no limits are declared (they are then leased like any other).
+#: The planned jobs with a priority or a limit key: the predicate of their index, written
+#: out in every query that reads it (SQLite uses a partial index only then).
+STEERED = "state = 'planned' AND (priority != 0 OR limit_key IS NOT NULL)"
+#: Due planned jobs in rank order from each part of the two disjoint partial indexes (see
+#: the schema's version 3); ``?1`` is now, ``?2`` how many. The limited ones come in here
+#: only where no limits are declared (they are then leased like any other).
 _DUE = (
     "SELECT id, r FROM (SELECT id, next_attempt_at AS r FROM jobs"
     " WHERE state = 'planned' AND priority = 0 AND limit_key IS NULL"
     " AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2)"
     " UNION ALL SELECT id, r FROM (SELECT id, next_attempt_at - priority AS r FROM jobs"
-    " WHERE state = 'planned' AND priority != 0 AND limit_key IS NULL"
+    f" WHERE {STEERED} AND limit_key IS NULL"
     " AND next_attempt_at <= ?1 ORDER BY next_attempt_at - priority, id LIMIT ?2)")
 _DUE_LIMITED = (
     " UNION ALL SELECT id, r FROM (SELECT id, next_attempt_at - priority AS r FROM jobs"
-    " WHERE state = 'planned' AND limit_key IS NOT NULL"
+    f" WHERE {STEERED} AND limit_key IS NOT NULL"
     " AND next_attempt_at <= ?1 ORDER BY next_attempt_at - priority, id LIMIT ?2)")
+_DUE_PLAIN = ("SELECT id FROM jobs WHERE state = 'planned' AND priority = 0"
+              " AND limit_key IS NULL AND next_attempt_at <= ?1"
+              " ORDER BY next_attempt_at, id LIMIT ?2")
 _LEASE = (
     "UPDATE jobs SET state = 'leased', lease_owner = ?3, lease_boot = ?4,"
     " lease_expires_at = ?1 + coalesce(lease_seconds, ?5), fence = fence + 1,"
     " attempts = attempts + 1, updated_at = ?1 WHERE id IN ({ids})"
     " RETURNING id, key, identity, payload, attempts, max_attempts, stage, fence,"
     " lease_seconds, timeout, next_attempt_at, priority")
+_LEASE_IDS = _LEASE.format(ids="SELECT value FROM json_each(?2)")
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -79,6 +87,24 @@ class SQLiteTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self._plain: bool | None = None  # see `plain`
+
+    # --- the 'steered' mark --------------------------------------------------------------
+
+    def plain(self) -> bool:
+        """No job of this store has ever had a priority or a limit key (the meta row
+        'steered' is absent): every planned job is in the plain due index, and leasing
+        reads that one alone. The mark is written in the transaction that inserts the
+        first such job, so it is never missing while one exists; it is never removed."""
+        if self._plain is None:
+            self._plain = self.conn.execute(
+                "SELECT 1 FROM meta WHERE key = 'steered'").fetchone() is None
+        return self._plain
+
+    def _steered(self) -> None:
+        if self.plain():
+            self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('steered', '1')")
+            self._plain = False  # also if this transaction rolls back: merely slower
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -89,7 +115,7 @@ class SQLiteTx:
             marks = ",".join("?" * len(chunk))
             rows.extend(
                 FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
-                          limit_key=r[10])
+                          False, r[10])
                 for r in self.conn.execute(
                     "SELECT id, state, fence, attempts, max_attempts, stage, lease_expires_at,"
                     f" key, ended_fence, ended_by, limit_key FROM jobs WHERE id IN ({marks})",
@@ -111,6 +137,8 @@ class SQLiteTx:
             " next_attempt_at, lease_seconds, timeout, created_by, created_at, updated_at,"
             " priority, limit_key)"
             " VALUES (?1, ?2, ?3, 'planned', ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)", rows)
+        if any(r[9] or r[10] is not None for r in rows):
+            self._steered()
         return {r[0] for r in rows}
 
     async def existing(self, keys: Sequence[bytes]) -> dict[bytes, tuple[JobState, int | None]]:
@@ -131,6 +159,8 @@ class SQLiteTx:
             " attempts, max_attempts, next_attempt_at, created_by, created_at, updated_at,"
             " limit_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)",
             rows)
+        if any(r[11] is not None for r in rows):
+            self._steered()
         return {r[0] for r in rows}
 
     async def insert_run_entries(self, entries: Sequence[tuple[int, int, bytes]]) -> None:
@@ -159,7 +189,10 @@ class SQLiteTx:
             " lease_boot = NULL, lease_expires_at = NULL, updated_at = ? WHERE id = ?", writes)
 
     async def lease_due(self, order: LeaseOrder, now: float) -> list[DueRow]:
-        ids = f"SELECT id FROM ({_DUE}{_DUE_LIMITED}) ORDER BY r, id LIMIT ?2"
+        if self.plain():
+            ids = _DUE_PLAIN
+        else:
+            ids = f"SELECT id FROM ({_DUE}{_DUE_LIMITED}) ORDER BY r, id LIMIT ?2"
         return self._lease(_LEASE.format(ids=ids), (now, order.n, *_owner(order)))
 
     def _lease(self, sql: str, params: Sequence[Any]) -> list[DueRow]:
@@ -190,8 +223,8 @@ class SQLiteTx:
         after = ""
         while True:
             (key,) = self.conn.execute(
-                "SELECT min(limit_key) FROM jobs WHERE state = 'planned'"
-                " AND limit_key IS NOT NULL AND limit_key > ?", (after,)).fetchone()
+                f"SELECT min(limit_key) FROM jobs WHERE {STEERED} AND limit_key > ?",
+                (after,)).fetchone()
             if key is None:
                 return keys
             keys.append(key)
@@ -208,19 +241,16 @@ class SQLiteTx:
         page = "" if after is None else (" AND next_attempt_at - priority >= ?4 AND"
                                          " (next_attempt_at - priority > ?4 OR id > ?5)")
         return [(r, i) for i, r in self.conn.execute(
-            "SELECT id, next_attempt_at - priority FROM jobs WHERE state = 'planned'"
-            f" AND limit_key IS NOT NULL AND limit_key = ?3 AND next_attempt_at <= ?1{page}"
+            f"SELECT id, next_attempt_at - priority FROM jobs WHERE {STEERED}"
+            f" AND limit_key = ?3 AND next_attempt_at <= ?1{page}"
             " ORDER BY next_attempt_at - priority, id LIMIT ?2",
             (now, n, key, *(after or ())))]
 
     async def lease_ids(self, order: LeaseOrder, now: float,
                         ids: Sequence[int]) -> list[DueRow]:
-        rows: list[DueRow] = []
-        for chunk in _chunks(list(ids)):
-            marks = ",".join(str(int(i)) for i in chunk)
-            rows.extend(self._lease(_LEASE.format(ids=marks), (now, 0, *_owner(order))))
-        rows.sort(key=_due_order)
-        return rows
+        # The ids as one JSON parameter: one statement text, prepared once and cached,
+        # however many ids (a list of literals would be parsed again every time).
+        return self._lease(_LEASE_IDS, (now, json.dumps(list(ids)), *_owner(order)))
 
     async def save_limits(self, rows: Sequence[tuple[str, float | None, float | None]]
                           ) -> None:
