@@ -27,14 +27,15 @@ Design note: an attempt's cancel scope is the ``asyncio.Timeout`` that already b
 the handler (the per-job timeout, with no deadline when there is none): moved to now, it
 cancels the handler as an expiry would, and the downloader tells the two apart by the
 attempt's ``ended``. An anyio CancelScope per attempt costs a tenth of a no-op job's CPU
-(see `syncward.actors.downloader`).
+(see `syncward.actors.downloader`). Each downloader has one `Attempt` slot, reused job
+after job (kept by name, so a restarted downloader gets the same one): the hot path sets
+a few attributes, and only an end of leases — rare — looks through the slots.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,20 +47,46 @@ if TYPE_CHECKING:
 __all__ = ["Attempt", "Attempts"]
 
 
-@dataclass(slots=True, eq=False)
 class Attempt:
-    """One running attempt: its lease and its cancel scope, once entered."""
+    """One downloader's attempt slot: the lease it runs under now, and its cancel scope."""
 
-    job_id: int
-    fence: int
-    scope: asyncio.Timeout | None = None
-    ended: str | None = None  # why its lease ended under it, once it has
+    __slots__ = ("_registry", "busy", "ended", "fence", "job_id", "scope")
+
+    def __init__(self, registry: Attempts) -> None:
+        self._registry = registry
+        self.job_id = self.fence = 0
+        self.busy = False
+        self.scope: asyncio.Timeout | None = None
+        self.ended: str | None = None  # why its lease ended under it, once it has
+
+    def begin(self, job: Job) -> bool:
+        """An attempt of ``job`` is about to run here; False if its lease has ended."""
+        marks = self._registry._ended
+        if marks and marks.pop((job.id, job.fence), None) is not None:
+            return False
+        self.job_id, self.fence = job.id, job.fence
+        self.busy, self.ended, self.scope = True, None, None
+        return True
 
     def enter(self, scope: asyncio.Timeout) -> None:
         """The handler now runs inside ``scope`` (cancelled at once if already ended)."""
         self.scope = scope
         if self.ended is not None:
             self._cancel()
+
+    def finish(self) -> None:
+        """The attempt is over. One whose lease ended stays marked until its job is
+        acknowledged: a downloader stopped before that (a restart of the pool) hands the
+        job to the next one, which must not start it again."""
+        self.busy, self.scope = False, None
+        if self.ended is not None:
+            self._registry._ended[(self.job_id, self.fence)] = self.ended
+
+    def acknowledged(self) -> None:
+        """Its job has left the work mailbox: nothing can start it again."""
+        marks = self._registry._ended
+        if marks:
+            marks.pop((self.job_id, self.fence), None)
 
     def end(self, why: str) -> None:
         if self.ended is None:
@@ -78,32 +105,19 @@ class Attempts:
 
     def __init__(self, work: Mailbox[Job]) -> None:
         self.work = work
-        self._running: dict[tuple[int, int], Attempt] = {}
+        self._slots: dict[str, Attempt] = {}
         self._ended: dict[tuple[int, int], str] = {}  # waiting jobs whose lease ended
         self.stopped = 0  # attempts cancelled and waiting jobs dropped, since start
 
-    def start(self, job: Job) -> Attempt | None:
-        """Register an attempt of ``job`` about to run; None if its lease has ended."""
-        ident = (job.id, job.fence)
-        if self._ended and self._ended.pop(ident, None) is not None:
-            return None
-        attempt = self._running[ident] = Attempt(job.id, job.fence)
-        return attempt
+    def slot(self, name: str) -> Attempt:
+        """Downloader ``name``'s slot (the same one after a restart)."""
+        found = self._slots.get(name)
+        if found is None:
+            found = self._slots[name] = Attempt(self)
+        return found
 
-    def finish(self, attempt: Attempt) -> None:
-        """The attempt is over. One whose lease ended stays marked until its job is
-        acknowledged (`acknowledged`): a downloader stopped before that (a restart of the
-        pool) hands the job to the next one, which must not start it again."""
-        ident = (attempt.job_id, attempt.fence)
-        if self._running.get(ident) is attempt:
-            del self._running[ident]
-        if attempt.ended is not None:
-            self._ended[ident] = attempt.ended
-
-    def acknowledged(self, attempt: Attempt) -> None:
-        """Its job has left the work mailbox: nothing can start it again."""
-        if self._ended:
-            self._ended.pop((attempt.job_id, attempt.fence), None)
+    def _running(self) -> dict[tuple[int, int], Attempt]:
+        return {(a.job_id, a.fence): a for a in self._slots.values() if a.busy}
 
     def end(self, leases: Iterable[tuple[int, int]], why: str) -> int:
         """Stop whatever this process does under these ``(job id, fence)`` leases.
@@ -111,10 +125,11 @@ class Attempts:
         Returns how many it held (running or waiting); leases it does not hold are
         ignored (an outcome that raced the end, another process's).
         """
+        running = self._running()
         waiting: set[tuple[int, int]] | None = None
         n = 0
         for ident in leases:
-            attempt = self._running.get(ident)
+            attempt = running.get(ident)
             if attempt is not None:
                 if attempt.ended is None:
                     n += 1
@@ -128,12 +143,15 @@ class Attempts:
         self.stopped += n
         return n
 
+    def ended_leases(self) -> set[tuple[int, int]]:
+        """The leases held here that have ended (nothing to renew or give back)."""
+        out = set(self._ended)
+        out.update(ident for ident, a in self._running().items() if a.ended is not None)
+        return out
+
     def ended(self, job_id: int, fence: int) -> bool:
-        """Whether the lease ``(job_id, fence)`` held here has ended (nothing to renew or
-        give back)."""
-        ident = (job_id, fence)
-        attempt = self._running.get(ident)
-        return ident in self._ended or (attempt is not None and attempt.ended is not None)
+        """Whether the lease ``(job_id, fence)`` held here has ended."""
+        return (job_id, fence) in self.ended_leases()
 
     def forget_waiting(self) -> None:
         """Drop the marks of waiting jobs (the pool cleared the work mailbox)."""

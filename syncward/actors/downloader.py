@@ -191,6 +191,7 @@ class Downloader:
         self.handler = handler
         self.stages = declared_stages(handler)
         self.attempts = attempts
+        self.slot = attempts.slot(name) if attempts is not None else None
         self.work = work
         self.syncer = syncer
         self.store = store
@@ -220,16 +221,15 @@ class Downloader:
                 self._busy = True
                 # The attempt's bookkeeping inline, not in a coroutine of its own: one frame
                 # fewer per job on the hot path (a no-op job costs tens of microseconds).
-                attempts = self.attempts
-                attempt = attempts.start(job) if attempts is not None else None
-                if attempts is not None and attempt is None:
+                attempt = self.slot
+                if attempt is not None and not attempt.begin(job):
                     outcome = None  # its lease ended while it waited: never started
                 else:
                     try:
                         outcome = await self._run_handler(job, attempt)
                     finally:
                         if attempt is not None:
-                            attempts.finish(attempt)  # type: ignore[union-attr]
+                            attempt.finish()
                     if attempt is not None and attempt.ended is not None:
                         outcome = None  # cancelled, or its lease lost: it would be stale
                 if self.faults is not None:
@@ -240,7 +240,7 @@ class Downloader:
                     await self.syncer.send(outcome)
                 self.work.ack(self.name)
                 if attempt is not None:  # a mark its lease's end left is done with too
-                    attempts.acknowledged(attempt)  # type: ignore[union-attr]
+                    attempt.acknowledged()
                 self._busy = False
 
     async def _run_handler(self, job: Job, attempt: Attempt | None) -> Outcome:

@@ -92,17 +92,17 @@ class LeaseRenewer(LoopActor):
         live = {(j.id, j.fence) for j in held}
         self._expiry = {k: v for k, v in self._expiry.items() if k in live}
         due = []
-        attempts = self.attempts
+        ended = self.attempts.ended_leases() if self.attempts is not None else ()
         for job in held:
-            if attempts is not None and attempts.ended(job.id, job.fence):
-                continue  # its lease is gone: its handler is being stopped
             ident = (job.id, job.fence)
+            if ident in ended:
+                continue  # its lease is gone: its handler is being stopped
             expires = self._expiry.get(ident, job.lease_expires_at)
             if expires - now < job.lease_seconds * 2 / 3:
                 due.append((job.id, job.fence, job.lease_seconds))
                 self._expiry[ident] = now + job.lease_seconds
         if due:
-            watch = self._replies if attempts is not None else None
+            watch = self._replies if self.attempts is not None else None
             reply: Reply[Accepted | Rejected] | None = Reply() if watch is not None else None
             await self.syncer.send(Renew(tuple(due), reply=reply))
             self.renewals += len(due)

@@ -67,7 +67,8 @@ class DownloaderPool:
         held = self.work.clear()
         attempts = self.attempts
         if attempts is not None:
-            held = [job for job in held if not attempts.ended(job.id, job.fence)]
+            ended = attempts.ended_leases()
+            held = [job for job in held if (job.id, job.fence) not in ended]
             attempts.forget_waiting()
         for job in held:
             await self.syncer.send(Release(job.id, job.fence))

@@ -202,7 +202,7 @@ async def test_a_refused_renewal_ends_the_lease_here_and_it_is_not_renewed_again
         later = await rig.advance(10.0)
         later += await rig.advance(10.0)
         assert await rig.work.receive("downloader-1") is gone
-        assert attempts.start(gone) is None  # a downloader taking it never starts it
+        assert not attempts.slot("downloader-1").begin(gone)  # taken, never started
         rig.work.ack("downloader-1")
     assert [m.items for m in later if isinstance(m, Renew)] == [renew(kept).items]
     assert renewer.lost == 1
