@@ -263,7 +263,7 @@ class _Batch:
     releases: list[ReleaseWrite] = field(default_factory=list)
     rejections: list[tuple[float, int | None, str, str]] = field(default_factory=list)
     effects: list[tuple[int, Effect]] = field(default_factory=list)  # (result index, msg)
-    holds: list[tuple[str, float]] = field(default_factory=list)  # (limit key, until)
+    holds: list[tuple[int, float]] = field(default_factory=list)  # (job id, until)
     wake_at: float | None = None  # a limited lease: when a held-back key may start
 
     # --- the view ----------------------------------------------------------------------
@@ -537,8 +537,8 @@ class _Batch:
         self._move_row(row, _OUTCOME_TARGET[kind])
         self._end(row, msg.kind.value)
         next_at = msg.retry_at if msg.retry_at is not None else self.now
-        if msg.hold_key and row.limit_key is not None and msg.retry_at is not None:
-            self.holds.append((row.limit_key, msg.retry_at))
+        if msg.hold_key and msg.retry_at is not None:  # its limit key, if it has one
+            self.holds.append((row.id, msg.retry_at))
         self.finals.append((row.state.value, msg.result, error, next_at, row.attempts,
                             row.fence, msg.kind.value, self.now, row.id))
 

@@ -448,8 +448,12 @@ class _MemoryTx:
         for key, tat, held in rows:
             self._set(self.d.limits, key, (tat, held))
 
-    async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
-        for key, until in rows:
+    async def hold_limits(self, rows: Sequence[tuple[int, float]]) -> None:
+        for job_id, until in rows:
+            job = self.d.jobs.get(job_id)
+            key = None if job is None else job.limit_key
+            if key is None:
+                continue
             tat, held = self.d.limits.get(key, (None, None))
             self._set(self.d.limits, key, (tat, until if held is None else max(held, until)))
 
@@ -611,8 +615,7 @@ class _MemoryTx:
 
 def _fenced(j: _Job) -> FencedRow:
     return FencedRow(j.id, j.state, j.fence, j.attempts, j.max_attempts, j.stage,
-                     j.lease_expires_at, j.key, j.ended_fence, j.ended_by,
-                     limit_key=j.limit_key)
+                     j.lease_expires_at, j.key, j.ended_fence, j.ended_by)
 
 
 def _count(d: _Data) -> dict[JobState, int]:

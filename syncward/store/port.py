@@ -94,7 +94,6 @@ class FencedRow:
     ended_fence: int | None  # the last lease that ended, and what ended it: a redelivered
     ended_by: str | None  # outcome is recognised as already applied by these
     ended_here: bool = False  # ended by a message of this very batch
-    limit_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +209,9 @@ class WriteTx(Protocol):
         """Store ``(key, tat, held_until)`` rate states (insert or replace)."""
         ...
 
-    async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
-        """Hold these keys back until at least the given times (a later hold is kept)."""
+    async def hold_limits(self, rows: Sequence[tuple[int, float]]) -> None:
+        """``(job id, until)``: hold each job's limit key (if it has one) back until at
+        least then (a later hold is kept)."""
         ...
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,

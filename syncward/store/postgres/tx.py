@@ -51,7 +51,7 @@ __all__ = ["LIVE_BOOTS", "LOCK_NAMESPACE", "PostgresTx", "clean", "dead"]
 LOCK_NAMESPACE = 0x53796E63  # "Sync"
 _STATE = {s.value: s for s in JobState}
 _FENCED_COLS = ("id, state, fence, attempts, max_attempts, stage, lease_expires_at, key,"
-                " ended_fence, ended_by, limit_key")
+                " ended_fence, ended_by")
 #: The transaction lock that serialises limited leasing (its own namespace: the second
 #: key of LOCK_NAMESPACE locks is a boot's).
 _LIMITS_NAMESPACE = LOCK_NAMESPACE + 1
@@ -120,7 +120,7 @@ class PostgresTx:
     def _fenced(self, rows: Sequence[Any]) -> list[FencedRow]:
         state = _STATE
         return [FencedRow(r[0], state[r[1]], r[2], r[3], r[4], r[5], r[6], bytes(r[7]), r[8],
-                          r[9], False, r[10]) for r in rows]
+                          r[9]) for r in rows]
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -285,15 +285,17 @@ class PostgresTx:
             " held_until = greatest(limit_state.held_until, excluded.held_until)",
             *_cols(rows, 3))
 
-    async def hold_limits(self, rows: Sequence[tuple[str, float]]) -> None:
+    async def hold_limits(self, rows: Sequence[tuple[int, float]]) -> None:
         # Under the limits lock, as limited leasing is: a writer holding it has read the
         # key's state and will write it back (save_limits); a hold written meanwhile
         # would be overwritten, and its row lock would deadlock with that writer.
         await self.conn.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
                                 _LIMITS_NAMESPACE)
         await self.conn.execute(
-            "INSERT INTO limit_state AS s (key, held_until) SELECT * FROM unnest($1::text[],"
-            " $2::float8[]) ON CONFLICT (key) DO UPDATE SET held_until ="
+            "INSERT INTO limit_state AS s (key, held_until) SELECT j.limit_key, max(u.until)"
+            " FROM unnest($1::bigint[], $2::float8[]) AS u(id, until) JOIN jobs j"
+            " ON j.id = u.id WHERE j.limit_key IS NOT NULL GROUP BY j.limit_key"
+            " ON CONFLICT (key) DO UPDATE SET held_until ="
             " greatest(s.held_until, excluded.held_until)", *_cols(rows, 2))
 
     async def requeue_candidates(self, state: JobState, keys: Sequence[bytes] | None,
