@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from syncward.errors import ConfigError, InvalidJob
 
@@ -99,10 +100,64 @@ class Limit:
         if c is None and r is None:
             raise ConfigError(f"limit {name!r}: give a concurrency, a rate or both")
 
+    @classmethod
+    def from_option(cls, spec: str) -> Limit:
+        """A limit from the command line's ``FIELD:concurrency=N,rate=R,burst=B``.
+
+        ``FIELD`` names the job's field whose value is the key (the identity's, else the
+        payload's); ``host`` is the host of the job's ``url`` field. Give a concurrency,
+        a rate or both; ``burst`` is optional.
+
+        Raises:
+            ConfigError: naming the option and what is wrong with it.
+        """
+        field_name, sep, rest = spec.partition(":")
+        if not sep or not field_name or not rest:
+            raise ConfigError(f"--limit {spec!r}: expected FIELD:concurrency=N,rate=R "
+                              "(e.g. host:concurrency=4,rate=5)")
+        numbers: dict[str, str] = {}
+        for part in rest.split(","):
+            name, eq, value = part.partition("=")
+            name = name.strip()
+            if not eq or name not in ("concurrency", "rate", "burst"):
+                raise ConfigError(f"--limit {spec!r}: unknown setting {part.strip()!r} "
+                                  "(concurrency, rate, burst)")
+            numbers[name] = value.strip()
+        try:
+            concurrency = int(numbers["concurrency"]) if "concurrency" in numbers else None
+            rate = float(numbers["rate"]) if "rate" in numbers else None
+            burst = int(numbers["burst"]) if "burst" in numbers else 1
+        except ValueError as exc:
+            raise ConfigError(f"--limit {spec!r}: {exc}") from None
+        try:
+            return cls(field_name, key=_field_key(field_name), concurrency=concurrency,
+                       rate=rate, burst=burst)
+        except ConfigError as exc:
+            raise ConfigError(f"--limit {spec!r}: {exc}") from None
+
     @property
     def rule(self) -> LimitRule:
         return LimitRule(self.concurrency, None if self.rate is None else float(self.rate),
                          self.burst)
+
+
+def _field_key(name: str) -> KeyFunction:
+    """The key function of a command-line limit: a field of the job, or its URL's host."""
+
+    def value(spec: JobSpec, field_name: str) -> object:
+        found = spec.identity.get(field_name)
+        return spec.payload.get(field_name) if found is None else found
+
+    if name == "host":
+        def host(spec: JobSpec) -> str | None:
+            url = value(spec, "url")
+            return urlsplit(url).hostname if isinstance(url, str) else None
+        return host
+
+    def field_value(spec: JobSpec) -> str | int | None:
+        found = value(spec, name)
+        return found if isinstance(found, str | int) and not isinstance(found, bool) else None
+    return field_value
 
 
 def limit_key_of(limits: tuple[Limit, ...], spec: JobSpec) -> str | None:

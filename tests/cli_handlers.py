@@ -13,6 +13,7 @@ environment: ``CLI_TEST_DIR`` is a directory for marker files.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,18 @@ async def effect(job: Job, ctx: Context) -> str:
 
 def not_async(job: Job, ctx: Context) -> None:
     """A plain function: refused by the command line (handlers must be async)."""
+
+
+_running: dict[str, int] = {}
+
+
+async def per_tenant(job: Job, ctx: Context) -> None:
+    """Records, in peaks.json, the most jobs of one tenant that ever ran at once here."""
+    tenant = str(job.payload["tenant"])
+    _running[tenant] = _running.get(tenant, 0) + 1
+    path = _dir() / "peaks.json"
+    peaks = json.loads(path.read_text()) if path.exists() else {}
+    peaks[tenant] = max(peaks.get(tenant, 0), _running[tenant])
+    path.write_text(json.dumps(peaks))
+    await anyio.sleep(0.05)
+    _running[tenant] -= 1

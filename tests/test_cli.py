@@ -633,3 +633,43 @@ def test_verbose_prints_the_details_behind_the_lines(tmp_path: Path) -> None:
                     "--no-progress")
     assert loud.returncode == 0, loud.stderr
     assert "syncward: start-up reconciliation: nothing to do" in loud.stderr.splitlines()
+
+
+# --- limits per key ----------------------------------------------------------------------
+
+
+def test_run_with_a_limit_per_field_never_runs_two_of_one_tenant_at_once(tmp_path: Path
+                                                                         ) -> None:
+    rows = "id,tenant\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(12))
+    (tmp_path / "m.csv").write_text(rows)
+    free = syncward(tmp_path, "run", "m.csv", "--handler", handler("per_tenant"),
+                    "--concurrency", "8", "--no-progress", "--db",
+                    f"sqlite:///{tmp_path / 'free.db'}")
+    assert free.returncode == 0, free.stderr
+    unlimited = json.loads((tmp_path / "peaks.json").read_text())
+    assert max(unlimited.values()) > 1  # eight downloaders do run a tenant's jobs together
+    (tmp_path / "peaks.json").unlink()
+    limited = syncward(tmp_path, "run", "m.csv", "--handler", handler("per_tenant"),
+                       "--concurrency", "8", "--no-progress",
+                       "--limit", "tenant:concurrency=1")
+    assert limited.returncode == 0, limited.stderr
+    assert json.loads((tmp_path / "peaks.json").read_text()) == {"a": 1, "b": 1}
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("host:concurrency=0", "--limit 'host:concurrency=0': limit 'host': concurrency must be "
+                           "an int >= 1 (or None), got 0"),
+    ("host:rate=-1", "--limit 'host:rate=-1': limit 'host': rate must be a positive number"),
+    ("host", "--limit 'host': expected FIELD:concurrency=N,rate=R"),
+    ("host:speed=3", "--limit 'host:speed=3': unknown setting 'speed=3'"),
+    ("host:rate=fast", "--limit 'host:rate=fast': could not convert string to float"),
+])
+def test_a_bad_limit_is_one_line_naming_it_and_exit_2(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      spec: str, says: str) -> None:
+    (tmp_path / "m.txt").write_text("a\n")
+    result = invoke(tmp_path, monkeypatch, "run", "m.txt", "--handler", handler("ok"),
+                    "--limit", spec)
+    assert result.returncode == 2
+    assert says in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from syncward.actors.downloader import Handler
     from syncward.adapters.redis import RedisStreamSource
     from syncward.adapters.redis_list import RedisListSource
+    from syncward.limits import Limit
 
 __all__ = ["RedisRunOptions", "RedisRunResult", "build_source", "is_redis_source",
            "run_redis"]
@@ -84,6 +85,7 @@ class RedisRunOptions:
     progress: bool
     as_json: bool
     loop: str
+    limits: tuple[Limit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +178,8 @@ async def _execute(opts: RedisRunOptions, handler: Handler,
     finished = False
     runtime = Runtime(handler, store=opts.db, concurrency=opts.concurrency,
                       max_attempts=opts.max_attempts, lease_seconds=opts.lease_seconds,
-                      job_timeout=opts.job_timeout, grace=opts.grace, sources=[src])
+                      job_timeout=opts.job_timeout, grace=opts.grace, sources=[src],
+                      limits=opts.limits)
     async with anyio.create_task_group() as signals:
         await signals.start(stop.watch)
         try:

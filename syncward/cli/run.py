@@ -73,6 +73,7 @@ from syncward.cli.serve import HttpSetup, prepare_http, serving
 from syncward.cli.views import render_summary
 from syncward.errors import ConfigError, MailboxClosed
 from syncward.jobs import JobState
+from syncward.limits import Limit
 from syncward.report import Report, build_report, dumps
 from syncward.runtime import Runtime
 from syncward.schedules import MISSED, Missed, Schedule
@@ -107,6 +108,7 @@ class RunConfig:
     progress: bool
     loop: str
     schedules: tuple[Schedule, ...] = ()
+    limits: tuple[Limit, ...] = ()
 
     def options(self, fmt: str, key: tuple[str, ...]) -> dict[str, Any]:
         """What is recorded with the run (enough to re-read its manifest)."""
@@ -197,12 +199,17 @@ class RunOutcome:
               help="Ticks that came due while nothing ran: run the latest once, or skip them.")
 @click.option("--schedule-tz", default="UTC", show_default=True, metavar="ZONE",
               help="The time zone --schedule expressions are read in (a zoneinfo name).")
+@click.option("--limit", "limit", multiple=True, metavar="FIELD:concurrency=N,rate=R",
+              help="At most N jobs at once and R starts per second for each value of the "
+                   "job's FIELD (identity, else payload); host is the host of its url "
+                   "(repeatable; a job obeys the first that applies; also burst=B).")
 @guard
 def run(source: str | None, handler: str, db: str, concurrency: int, max_attempts: int,
         lease_seconds: float, job_timeout: float, grace: float, key: str | None,
         fmt: str | None, strict: bool, until_empty: bool, no_progress: bool, as_json: bool,
         loop: str, http: str | None, admin_token_file: Path | None,
-        schedule: tuple[str, ...], schedule_missed: str, schedule_tz: str) -> None:
+        schedule: tuple[str, ...], schedule_missed: str, schedule_tz: str,
+        limit: tuple[str, ...]) -> None:
     """Run every job of the manifest SOURCE (a file, or - for stdin) through TARGET.
 
     \b
@@ -233,6 +240,9 @@ def run(source: str | None, handler: str, db: str, concurrency: int, max_attempt
     while it lasts; admin routes (POST) need the token of $SYNCWARD_ADMIN_TOKEN or
     --admin-token-file.
 
+    With --limit host:concurrency=4,rate=5 at most 4 jobs per host of the job's url run
+    at once, and at most 5 start per second (any FIELD of the job works as well as host).
+
     With --schedule NAME=CRON (repeatable) each tick of the cron expression is also a
     job, identity {"schedule": NAME, "tick": "2024-05-01T13:00:00Z"}, run once however
     many processes share the store; SOURCE may be left out. The run then goes on until
@@ -241,6 +251,9 @@ def run(source: str | None, handler: str, db: str, concurrency: int, max_attempt
     if admin_token_file is not None and http is None:
         raise ConfigError("--admin-token-file needs --http")
     schedules = _schedules(schedule, schedule_missed, schedule_tz)
+    limits = tuple(Limit.from_option(spec) for spec in limit)
+    if len({lim.name for lim in limits}) != len(limits):
+        raise ConfigError("--limit: a field given twice")
     if source is None:
         if not schedules:
             raise ConfigError("SOURCE is needed (a manifest file, - for stdin, or a "
@@ -259,12 +272,12 @@ def run(source: str | None, handler: str, db: str, concurrency: int, max_attempt
             source=source, handler=handler, db=db, concurrency=concurrency,
             max_attempts=max_attempts, lease_seconds=lease_seconds,
             job_timeout=job_timeout or None, grace=grace, until_empty=until_empty,
-            progress=not no_progress, as_json=as_json, loop=loop))
+            progress=not no_progress, as_json=as_json, loop=loop, limits=limits))
     cfg = RunConfig(
         source=source, handler=handler, db=db, format=fmt, key=split_key(key),
         concurrency=concurrency, max_attempts=max_attempts, lease_seconds=lease_seconds,
         job_timeout=job_timeout or None, grace=grace, strict=strict,
-        progress=not no_progress, loop=loop, schedules=schedules)
+        progress=not no_progress, loop=loop, schedules=schedules, limits=limits)
     prepared = prepare(cfg)
     try:
         if http is not None:
@@ -400,7 +413,8 @@ async def _run(cfg: RunConfig, prepared: Prepared, interrupt: Interrupt,
     manifest = prepared.manifest
     runtime = Runtime(prepared.handler, store=cfg.db, concurrency=cfg.concurrency,
                       max_attempts=cfg.max_attempts, lease_seconds=cfg.lease_seconds,
-                      job_timeout=cfg.job_timeout, grace=cfg.grace, schedules=cfg.schedules)
+                      job_timeout=cfg.job_timeout, grace=cfg.grace, schedules=cfg.schedules,
+                      limits=cfg.limits)
     async with runtime as rt, serving(prepared.http, rt):
         try:
             with anyio.CancelScope() as body:
