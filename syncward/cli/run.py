@@ -252,8 +252,9 @@ def run(source: str | None, handler: str, db: str, concurrency: int, max_attempt
         raise ConfigError("--admin-token-file needs --http")
     schedules = _schedules(schedule, schedule_missed, schedule_tz)
     limits = tuple(Limit.from_option(spec) for spec in limit)
-    if len({lim.name for lim in limits}) != len(limits):
-        raise ConfigError("--limit: a field given twice")
+    names = [lim.name for lim in limits]
+    if twice := next((n for i, n in enumerate(names) if n in names[:i]), None):
+        raise ConfigError(f"--limit: the field {twice!r} is given twice")
     if source is None:
         if not schedules:
             raise ConfigError("SOURCE is needed (a manifest file, - for stdin, or a "

@@ -381,7 +381,10 @@ class SQLiteStore:
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            tx.rolled_back()
             raise
+        if dry_run:
+            tx.rolled_back()
         if self.wal_size() > self.wal_limit:
             self._truncate_wal(conn)
         return result

@@ -111,7 +111,13 @@ class SQLiteTx:
     def _steered(self) -> None:
         if self.plain():
             self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('steered', '1')")
-            self._plain = False  # also if this transaction rolls back: merely slower
+            self._plain = False  # until a rollback: see `rolled_back`
+
+    def rolled_back(self) -> None:
+        """The transaction was rolled back: a mark it wrote is gone, so read it again
+        (kept False, a later steered insert would not write it, and a reopened store
+        would lease from the plain index alone)."""
+        self._plain = None
 
     # --- jobs ----------------------------------------------------------------------------
 
