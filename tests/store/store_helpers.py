@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from syncward.jobs import Job
+    from syncward.limits import LimitRule
+    from syncward.messages import ApplyResult
     from syncward.store.base import JobRow, Store, StoreReader
 
 T0 = 1_700_000_000.0
@@ -172,3 +175,29 @@ def mixed_batch(run_id: int, leased: dict[int, Job], jobs: list[NewJob]) -> list
         RunRejects(run_id, ((20, "invalid JSON", "{oops"), (21, "missing field", "{}"))),
         FinishRun(run_id, "finished"),
     ]
+
+
+# --- priorities and limits per key ---------------------------------------------------------
+
+
+def steered_job(n: int, *, priority: int = 0, key: str | None = None) -> NewJob:
+    """Job ``{"n": n}`` with a priority and a limit key."""
+    return dataclasses.replace(new_job({"n": n}), priority=priority, limit_key=key)
+
+
+def lease_order(n: int, limits: dict[str, LimitRule] | None = None) -> LeaseOrder:
+    return LeaseOrder(n=n, owner="w1", boot_id="boot-1", default_lease_seconds=60.0,
+                      limits=limits)
+
+
+async def lease_with(store: Store, n: int, *, now: float,
+                     limits: dict[str, LimitRule] | None = None,
+                     msgs: list[Any] | None = None) -> ApplyResult:
+    """Apply ``msgs`` and lease up to ``n`` (with ``limits``, as a runtime declaring them)."""
+    return await store.apply(msgs or [], now=now, lease=lease_order(n, limits))
+
+
+def numbers(jobs: list[Job]) -> list[int]:
+    """The ``n`` of leased jobs, in the order leased."""
+    return [int(j.identity["n"]) for j in jobs]
+

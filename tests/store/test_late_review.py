@@ -3,38 +3,23 @@ holds by job id): one failing test per bug found."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from store_helpers import T0, new_job, submit
+from store_helpers import T0, submit
+from store_helpers import lease_with as lease
+from store_helpers import numbers as leased_numbers
+from store_helpers import steered_job as job
 
-from syncward.limits import LimitRule
-from syncward.messages import LeaseOrder, NewJob, Submit
+from syncward.messages import Submit
 
 if TYPE_CHECKING:
     from conftest import Backend
 
     from syncward.jobs import Job
-    from syncward.messages import ApplyResult
-    from syncward.store.base import Store
-
-
-def job(n: int, *, priority: int = 0, key: str | None = None) -> NewJob:
-    return dataclasses.replace(new_job({"n": n}), priority=priority, limit_key=key)
-
-
-def order(n: int, limits: dict[str, LimitRule] | None = None) -> LeaseOrder:
-    return LeaseOrder(n=n, owner="w1", boot_id="boot-1", default_lease_seconds=60.0,
-                      limits=limits)
-
-
-async def lease(store: Store, n: int, *, now: float, limits: dict[str, LimitRule] | None = None,
-                msgs: list[Any] | None = None) -> ApplyResult:
-    return await store.apply(msgs or [], now=now, lease=order(n, limits))
 
 
 def numbers(jobs: list[Job]) -> list[int]:
-    return sorted(int(j.identity["n"]) for j in jobs)
+    return sorted(leased_numbers(jobs))
 
 
 async def test_a_rolled_back_first_steered_insert_does_not_lose_the_mark(

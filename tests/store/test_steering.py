@@ -7,42 +7,27 @@ rate, no hold). Each test runs once per backend of `store_helpers.BACKENDS`.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from store_helpers import T0, new_job, submit
+from store_helpers import T0, numbers, submit
+from store_helpers import lease_with as lease
+from store_helpers import steered_job as job
 
 from syncward.limits import KeyBudget, LimitRule
-from syncward.messages import LeaseOrder, NewJob, Outcome, OutcomeKind
+from syncward.messages import LeaseOrder, Outcome, OutcomeKind
 from syncward.store.apply import LIMIT_POLL
 
 if TYPE_CHECKING:
     from conftest import Backend
 
     from syncward.jobs import Job
-    from syncward.messages import ApplyResult
     from syncward.store.base import Store
 
 HOST = LimitRule(concurrency=2, rate=None)
-
-
-def job(n: int, *, priority: int = 0, key: str | None = None) -> NewJob:
-    return dataclasses.replace(new_job({"n": n}), priority=priority, limit_key=key)
-
-
-async def lease(store: Store, n: int, *, now: float, limits: dict[str, LimitRule] | None = None,
-                msgs: list[Any] | None = None) -> ApplyResult:
-    order = LeaseOrder(n=n, owner="w1", boot_id="boot-1", default_lease_seconds=60.0,
-                       limits=limits)
-    return await store.apply(msgs or [], now=now, lease=order)
-
-
-def numbers(jobs: list[Job]) -> list[int]:
-    return [int(j.identity["n"]) for j in jobs]
 
 
 async def test_higher_priority_is_leased_first_among_jobs_due_together(backend: Backend

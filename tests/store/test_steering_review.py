@@ -6,40 +6,27 @@ comment under each says which backend it failed on, and why.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from store_helpers import T0, new_job, submit
+from store_helpers import T0, lease_order, submit
+from store_helpers import lease_with as lease
+from store_helpers import numbers as leased_numbers
+from store_helpers import steered_job as job
 
 from syncward.limits import LimitRule
-from syncward.messages import Cancel, LeaseOrder, NewJob, Outcome, OutcomeKind
+from syncward.messages import Cancel, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
     from conftest import Backend
 
     from syncward.jobs import Job
     from syncward.messages import ApplyResult
-    from syncward.store.base import Store
-
-
-def job(n: int, *, priority: int = 0, key: str | None = None) -> NewJob:
-    return dataclasses.replace(new_job({"n": n}), priority=priority, limit_key=key)
-
-
-def order(n: int, limits: dict[str, LimitRule] | None = None) -> LeaseOrder:
-    return LeaseOrder(n=n, owner="w1", boot_id="boot-1", default_lease_seconds=60.0,
-                      limits=limits)
-
-
-async def lease(store: Store, n: int, *, now: float, limits: dict[str, LimitRule] | None = None,
-                msgs: list[Any] | None = None) -> ApplyResult:
-    return await store.apply(msgs or [], now=now, lease=order(n, limits))
 
 
 def numbers(jobs: list[Job]) -> list[int]:
-    return sorted(int(j.identity["n"]) for j in jobs)
+    return sorted(leased_numbers(jobs))
 
 
 @pytest.mark.parametrize("limited", [False, True])
@@ -58,7 +45,7 @@ async def test_a_rolled_back_cancel_and_lease_leave_the_job_leasable(
     limits = {"host": LimitRule(concurrency=5)} if limited else None
     a, b = job(1, key=key), job(2, key=key)
     await submit(store, a, b)
-    await store.apply([Cancel(keys=(a.key,))], now=T0, lease=order(5, limits), dry_run=True)
+    await store.apply([Cancel(keys=(a.key,))], now=T0, lease=lease_order(5, limits), dry_run=True)
     assert await store.next_due() == T0
     got = (await lease(store, 5, now=T0, limits=limits)).leased
     assert numbers(got) == [1, 2]
@@ -73,7 +60,7 @@ async def test_a_rolled_back_lease_at_a_later_time_does_not_lease_early_later(
     backends do not."""
     store = await backend.open()
     await submit(store, job(1), now=T0 + 50)  # due at T0 + 50
-    await store.apply([], now=T0 + 100, lease=order(5), dry_run=True)
+    await store.apply([], now=T0 + 100, lease=lease_order(5), dry_run=True)
     assert (await lease(store, 5, now=T0)).leased == []
 
 
