@@ -122,6 +122,8 @@ class Limit:
             if not eq or name not in ("concurrency", "rate", "burst"):
                 raise ConfigError(f"--limit {spec!r}: unknown setting {part.strip()!r} "
                                   "(concurrency, rate, burst)")
+            if name in numbers:
+                raise ConfigError(f"--limit {spec!r}: {name} is given twice")
             numbers[name] = value.strip()
         try:
             concurrency = int(numbers["concurrency"]) if "concurrency" in numbers else None
@@ -151,7 +153,12 @@ def _field_key(name: str) -> KeyFunction:
     if name == "host":
         def host(spec: JobSpec) -> str | None:
             url = value(spec, "url")
-            return urlsplit(url).hostname if isinstance(url, str) else None
+            if not isinstance(url, str):
+                return None
+            try:
+                return urlsplit(url).hostname
+            except ValueError:  # not a URL: no host to limit (the handler will say more)
+                return None
         return host
 
     def field_value(spec: JobSpec) -> str | int | None:

@@ -663,6 +663,7 @@ def test_run_with_a_limit_per_field_never_runs_two_of_one_tenant_at_once(tmp_pat
     ("host", "--limit 'host': expected FIELD:concurrency=N,rate=R"),
     ("host:speed=3", "--limit 'host:speed=3': unknown setting 'speed=3'"),
     ("host:rate=fast", "--limit 'host:rate=fast': could not convert string to float"),
+    ("host:rate=1,rate=2", "--limit 'host:rate=1,rate=2': rate is given twice"),
 ])
 def test_a_bad_limit_is_one_line_naming_it_and_exit_2(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
@@ -673,3 +674,12 @@ def test_a_bad_limit_is_one_line_naming_it_and_exit_2(tmp_path: Path,
     assert result.returncode == 2
     assert says in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_takes_a_csv_priority_column_and_runs_the_urgent_first(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_text("id,prio\nlow,0\nurgent,3600\nsoon,60\nlater,-60\n")
+    result = syncward(tmp_path, "run", "m.csv", "--handler", handler("effect"),
+                      "--concurrency", "1", "--priority-column", "prio", "--no-progress",
+                      CLI_TEST_SLEEP="0")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "effects.log").read_text().split() == ["urgent", "soon", "low", "later"]

@@ -215,3 +215,16 @@ async def test_a_bad_priority_is_refused_naming_the_field() -> None:
     async with Runtime(fetch, store="memory://") as rt:
         with pytest.raises(InvalidJob, match="priority"):
             await rt.submit([JobSpec({"n": 1}, priority=1.5)])  # type: ignore[arg-type]
+
+
+def test_a_command_line_limit_keys_jobs_by_a_field_or_the_host_of_their_url() -> None:
+    by_host = Limit.from_option("host:concurrency=2")
+    by_tenant = Limit.from_option("tenant:rate=5,burst=2")
+    assert (by_host.concurrency, by_tenant.rate, by_tenant.burst) == (2, 5.0, 2)
+    assert by_host.key(JobSpec({"url": "https://Archive.example:8443/a?b"})) == "archive.example"
+    assert by_host.key(JobSpec({"n": 1}, payload={"url": "http://h/x"})) == "h"
+    assert by_host.key(JobSpec({"url": "http://[::1"})) is None  # not a URL: not limited
+    assert by_host.key(JobSpec({"n": 1})) is None
+    assert by_tenant.key(JobSpec({"n": 1}, payload={"tenant": "t1"})) == "t1"
+    assert by_tenant.key(JobSpec({"tenant": 7, "n": 1})) == 7
+

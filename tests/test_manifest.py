@@ -254,3 +254,24 @@ async def test_feed_hands_over_lines_as_they_trickle_in() -> None:
             rest = [item async for chunk in chunks for item in chunk]
     assert [item.line for item in rest] == [3]
     assert source.closed  # the reader thread closed what it was given
+
+
+def test_a_csv_priority_column_is_the_priority_not_payload(tmp_path: Path) -> None:
+    text = "id,prio,url\na,10,u1\nb,,u2\nc,x,u3\nd,-3,u4\n"
+    with open_manifest(str(write(tmp_path, "m.csv", text)), priority_column="prio") as m:
+        items = list(m)
+    good = [i for i in items if isinstance(i, Entry)]
+    assert [(e.spec.identity["id"], e.spec.priority, dict(e.spec.payload)) for e in good] == [
+        ("a", 10, {"url": "u1"}), ("b", 0, {"url": "u2"}), ("d", -3, {"url": "u4"})]
+    assert rejections(items) == [
+        (4, "column 'prio': the priority must be an integer from -1000000000 to 1000000000, "
+            "got 'x'")]
+
+
+def test_a_priority_column_must_be_a_csv_column_and_not_the_identity(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--priority-column 'p' is not a column"):
+        open_manifest(str(write(tmp_path, "m.csv", "id\na\n")), priority_column="p")
+    with pytest.raises(ConfigError, match="--priority-column 'id' is an identity column"):
+        open_manifest(str(write(tmp_path, "n.csv", "id\na\n")), priority_column="id")
+    with pytest.raises(ConfigError, match=r"applies to \.csv manifests"):
+        open_manifest(str(write(tmp_path, "m.txt", "a\n")), priority_column="p")

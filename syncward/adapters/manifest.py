@@ -112,17 +112,23 @@ def detect_format(source: str, explicit: str | None = None) -> ManifestFormat:
 
 def open_manifest(source: str, *, fmt: ManifestFormat | str | None = None,
                   key: Sequence[str] | None = None, stdin: IO[bytes] | None = None,
-                  close_stdin: bool = False) -> Manifest:
+                  close_stdin: bool = False, priority_column: str | None = None) -> Manifest:
     """Open ``source`` (a path, or ``-`` for ``stdin``) for streaming.
 
     ``key`` names the identity columns of a csv (default ``["id"]``) or the identity
     field of a txt manifest (one name). ``stdin`` (default ``sys.stdin.buffer``) is
     closed with the manifest only if ``close_stdin``. The returned manifest must be
-    closed (it is a context manager); iterate it once.
+    closed (it is a context manager); iterate it once. ``priority_column`` names a csv
+    column that holds each job's priority (an integer; empty is 0) instead of payload.
     Raises:
         ConfigError: the file cannot be opened or read, its format is unknown, ``key``
-            does not fit the format, or a csv lacks a header or a key column.
+            does not fit the format, a csv lacks a header or a key column, or a
+            ``priority_column`` is given for another format or is not in the header.
     """
+    if priority_column is not None and detect_format(source, fmt if isinstance(fmt, str)
+                                                     else None) is not ManifestFormat.CSV:
+        raise ConfigError("--priority-column applies to .csv manifests (a .jsonl line has "
+                          "a \"priority\" field)")
     form = fmt if isinstance(fmt, ManifestFormat) else detect_format(source, fmt)
     keys = _check_key(form, key)
     if source == STDIN:
@@ -135,7 +141,7 @@ def open_manifest(source: str, *, fmt: ManifestFormat | str | None = None,
             raise ConfigError(f"cannot read manifest {source}: {exc.strerror or exc}") from None
         owned = True
     try:
-        return Manifest(source, form, keys, fh, owned=owned)
+        return Manifest(source, form, keys, fh, owned=owned, priority_column=priority_column)
     except BaseException:
         if owned:
             fh.close()
@@ -200,10 +206,11 @@ class Manifest:
     """An open manifest; iterate it for `Entry` and `Rejection` items. See the module docs."""
 
     def __init__(self, source: str, fmt: ManifestFormat, key: tuple[str, ...],
-                 fh: IO[bytes], *, owned: bool) -> None:
+                 fh: IO[bytes], *, owned: bool, priority_column: str | None = None) -> None:
         self.source = source
         self.format = fmt
         self.key = key
+        self.priority_column = priority_column
         self._fh = fh
         self._owned = owned
         self._lines = _Lines(fh, source)
@@ -293,6 +300,12 @@ class Manifest:
             raise ConfigError(
                 f"manifest {self.source} has no column {', '.join(map(repr, absent))} for "
                 f"the identity (its columns: {', '.join(names)}); choose them with --key")
+        col = self.priority_column
+        if col is not None and (col not in names or col in self.key):
+            raise ConfigError(
+                f"manifest {self.source}: --priority-column {col!r} is "
+                + ("an identity column" if col in self.key else
+                   f"not a column (its columns: {', '.join(names)})"))
         self._header = names
 
     def _csv_rows(self) -> Iterator[ManifestItem]:
@@ -317,13 +330,25 @@ class Manifest:
                                 _raw(raw))
                 continue
             fields = dict(zip(header, row, strict=True))
+            priority = 0
+            if self.priority_column is not None:
+                text = fields.pop(self.priority_column).strip()
+                try:
+                    priority = int(text) if text else 0
+                    if not -_PRIORITY_LIMIT <= priority <= _PRIORITY_LIMIT:
+                        raise ValueError(text)
+                except ValueError:
+                    yield Rejection(start, f"column {self.priority_column!r}: the priority "
+                                    f"must be an integer from -{_PRIORITY_LIMIT} to "
+                                    f"{_PRIORITY_LIMIT}, got {text!r}", _raw(raw))
+                    continue
             identity = {k: fields.pop(k).strip() for k in key}
             empty = [k for k, v in identity.items() if not v]
             if empty:
                 yield Rejection(start, f"empty identity column {', '.join(map(repr, empty))}",
                                 _raw(raw))
                 continue
-            yield _entry(start, identity, fields, raw)
+            yield _entry(start, identity, fields, raw, priority)
 
 
 def _raw(text: str) -> str:

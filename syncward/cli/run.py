@@ -109,6 +109,7 @@ class RunConfig:
     loop: str
     schedules: tuple[Schedule, ...] = ()
     limits: tuple[Limit, ...] = ()
+    priority_column: str | None = None
 
     def options(self, fmt: str, key: tuple[str, ...]) -> dict[str, Any]:
         """What is recorded with the run (enough to re-read its manifest)."""
@@ -177,6 +178,9 @@ class RunOutcome:
                    "of a .txt (default: id).")
 @click.option("--format", "fmt", type=FORMATS,
               help="Manifest format, when the extension does not say (stdin: txt).")
+@click.option("--priority-column", "priority_column", metavar="COL",
+              help="A .csv column holding each job's priority (an integer, seconds of "
+                   "waiting; empty is 0) instead of payload.")
 @click.option("--strict", is_flag=True,
               help="Check every manifest line first; any bad line refuses the whole run "
                    "(exit 2) before any work starts.")
@@ -206,7 +210,8 @@ class RunOutcome:
 @guard
 def run(source: str | None, handler: str, db: str, concurrency: int, max_attempts: int,
         lease_seconds: float, job_timeout: float, grace: float, key: str | None,
-        fmt: str | None, strict: bool, until_empty: bool, no_progress: bool, as_json: bool,
+        fmt: str | None, priority_column: str | None, strict: bool, until_empty: bool,
+        no_progress: bool, as_json: bool,
         loop: str, http: str | None, admin_token_file: Path | None,
         schedule: tuple[str, ...], schedule_missed: str, schedule_tz: str,
         limit: tuple[str, ...]) -> None:
@@ -216,8 +221,9 @@ def run(source: str | None, handler: str, db: str, concurrency: int, max_attempt
     Manifest formats, by extension (or --format):
       .txt    one identity per line, {"id": line}; blank lines and # comments ignored
       .csv    a header line; the identity is the --key columns (default id), the other
-              columns are the payload
-      .jsonl  one object per line: {"identity": {...}, "payload": {...}} (payload optional)
+              columns are the payload (--priority-column COL: that one is the priority)
+      .jsonl  one object per line: {"identity": {...}, "payload": {...}, "priority": n}
+              (payload and priority optional)
 
     The manifest is read as a stream. Bad lines (not UTF-8, unparseable, wrong columns,
     empty or invalid identity) are rejected one by one, recorded with the run with their
@@ -259,14 +265,15 @@ def run(source: str | None, handler: str, db: str, concurrency: int, max_attempt
         if not schedules:
             raise ConfigError("SOURCE is needed (a manifest file, - for stdin, or a "
                               "redis:// URL) unless --schedule is given")
-        if key or fmt or strict:
-            raise ConfigError("--key, --format and --strict apply to a manifest SOURCE")
+        if key or fmt or strict or priority_column:
+            raise ConfigError("--key, --format, --priority-column and --strict apply to a "
+                              "manifest SOURCE")
     elif is_redis_source(source):
         if schedules:
             raise ConfigError("--schedule is not available with redis:// sources yet")
-        if key or fmt or strict:
-            raise ConfigError("--key, --format and --strict apply to manifests, not to "
-                              "redis:// sources")
+        if key or fmt or strict or priority_column:
+            raise ConfigError("--key, --format, --priority-column and --strict apply to "
+                              "manifests, not to redis:// sources")
         if http is not None:
             raise ConfigError("--http is not available with redis:// sources yet")
         run_redis(RedisRunOptions(
@@ -278,7 +285,8 @@ def run(source: str | None, handler: str, db: str, concurrency: int, max_attempt
         source=source, handler=handler, db=db, format=fmt, key=split_key(key),
         concurrency=concurrency, max_attempts=max_attempts, lease_seconds=lease_seconds,
         job_timeout=job_timeout or None, grace=grace, strict=strict,
-        progress=not no_progress, loop=loop, schedules=schedules, limits=limits)
+        progress=not no_progress, loop=loop, schedules=schedules, limits=limits,
+        priority_column=priority_column)
     prepared = prepare(cfg)
     try:
         if http is not None:
@@ -359,7 +367,7 @@ def _schedules(specs: tuple[str, ...], missed: str, tz: str) -> tuple[Schedule, 
 def _open(cfg: RunConfig, stdin: Any = None, *, close: bool = False) -> Manifest:
     assert cfg.source is not None
     return open_manifest(cfg.source, fmt=cfg.format, key=cfg.key, stdin=stdin,
-                         close_stdin=close)
+                         close_stdin=close, priority_column=cfg.priority_column)
 
 
 def _strict_pass(manifest: Manifest, cfg: RunConfig) -> None:
