@@ -42,7 +42,6 @@ due is not work), so a program that serves its schedules waits for its own stop 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -136,7 +135,7 @@ if TYPE_CHECKING:
 
     from syncward.adapters.base import Source
     from syncward.imports import ImportRecord
-    from syncward.messages import ImportJob, ImportResult
+    from syncward.messages import ImportResult
     from syncward.testing.faults import Faults
 
 __all__ = ["ReconcileHook", "Runtime", "RuntimeStatus"]
@@ -629,17 +628,11 @@ class Runtime:
         Raises:
             MailboxClosed: the runtime is stopping.
         """
-        from syncward.adapters.importer import record_chunks, run_import
-
-        limits = self.limits
-
-        def limit_key(job: ImportJob) -> str | None:  # a planned job obeys the limits
-            return limit_key_of(limits, JobSpec(identity=json.loads(job.identity),
-                                                payload=json.loads(job.payload)))
+        from syncward.adapters.importer import import_limit_key, record_chunks, run_import
 
         return await run_import(record_chunks(records, _SUBMIT_CHUNK), self._syncer_mb.send,
                                 max_attempts=self.max_attempts, dry_run=dry_run,
-                                limit_key=limit_key if limits else None)
+                                limit_key=import_limit_key(self.limits))
 
     async def start_run(self, source: str, options: dict[str, Any]) -> int:
         """Record a run (a manifest being submitted); returns its id."""

@@ -683,3 +683,16 @@ def test_run_takes_a_csv_priority_column_and_runs_the_urgent_first(tmp_path: Pat
                       CLI_TEST_SLEEP="0")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "effects.log").read_text().split() == ["urgent", "soon", "low", "later"]
+
+
+def test_import_with_the_runs_limits_gives_planned_jobs_their_limit_keys(tmp_path: Path
+                                                                         ) -> None:
+    rows = "id,tenant\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(12))
+    (tmp_path / "m.csv").write_text(rows)
+    imported = syncward(tmp_path, "import", "m.csv", "--limit", "tenant:concurrency=1")
+    assert imported.returncode == 0, imported.stderr
+    assert "12 new (planned 12)" in imported.stdout
+    run = syncward(tmp_path, "run", "m.csv", "--handler", handler("per_tenant"),
+                   "--concurrency", "8", "--no-progress", "--limit", "tenant:concurrency=1")
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "peaks.json").read_text()) == {"a": 1, "b": 1}

@@ -56,7 +56,8 @@ from syncward.adapters.manifest import (
 )
 from syncward.errors import ConfigError, InvalidJob
 from syncward.imports import ImportRecord, describe_invalid, record_from_object, to_import_job
-from syncward.jobs import JobState
+from syncward.jobs import JobSpec, JobState
+from syncward.limits import Limit, limit_key_of
 from syncward.messages import Import, ImportJob, ImportResult, Reply
 
 if TYPE_CHECKING:
@@ -385,6 +386,17 @@ async def _each(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]
     else:
         for item in items:
             yield item
+
+
+def import_limit_key(limits: tuple[Limit, ...]) -> Callable[[ImportJob], str | None] | None:
+    """The limit key of an imported job under ``limits`` (None: no limits declared)."""
+    if not limits:
+        return None
+
+    def key(job: ImportJob) -> str | None:
+        return limit_key_of(limits, JobSpec(identity=json.loads(job.identity),
+                                            payload=json.loads(job.payload)))
+    return key
 
 
 async def run_import(chunks: AsyncIterable[list[ImportItem]],

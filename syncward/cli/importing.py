@@ -29,6 +29,7 @@ import click
 
 from syncward.adapters.importer import (
     chunks,
+    import_limit_key,
     is_redis_list,
     open_import,
     redis_chunks,
@@ -39,6 +40,7 @@ from syncward.cli.options import db_option, json_option
 from syncward.errors import StoreLocked
 from syncward.imports import parse_state
 from syncward.jobs import JobState
+from syncward.limits import Limit
 from syncward.messages import Import, ImportResult, refuse, settle
 from syncward.report import dumps
 from syncward.store import check_url, open_store, scheme_of
@@ -84,12 +86,15 @@ Exit status:
               default=None, help="The file's format when its extension does not say.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Attempts allowed to imported jobs whose records name none.")
+@click.option("--limit", "limit", multiple=True, metavar="FIELD:concurrency=N,rate=R",
+              help="The limits the runtimes running these jobs declare (as `syncward run "
+                   "--limit`): jobs imported as planned get their limit keys.")
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
 @json_option
 @guard
 def import_command(source: str, db: str, key: tuple[str, ...], state: str | None,
-                   key_text: bool, fmt: str | None, max_attempts: int, dry_run: bool,
-                   as_json: bool) -> None:
+                   key_text: bool, fmt: str | None, max_attempts: int,
+                   limit: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Import jobs in their states from SOURCE: a .jsonl or .csv file, or a Redis list
     (redis://HOST:PORT/DB?list=NAME, read without changing it).
 
@@ -105,6 +110,7 @@ def import_command(source: str, db: str, key: tuple[str, ...], state: str | None
     state (or imported as planned) it is unchanged, otherwise a conflict, listed.
     """
     keys = tuple(part.strip() for k in key for part in k.split(","))
+    limits = tuple(Limit.from_option(spec) for spec in limit)
     default_state = parse_state(state) if state is not None else JobState.PLANNED
     check_db_dir(db)
     label = redact(source) if is_redis_list(source) else source
@@ -127,7 +133,8 @@ def import_command(source: str, db: str, key: tuple[str, ...], state: str | None
 
     try:
         result = run_async(partial(import_into, db, items, max_attempts=max_attempts,
-                                   dry_run=dry_run, on_rejected=rejected), loop="asyncio")
+                                   dry_run=dry_run, on_rejected=rejected, limits=limits),
+                           loop="asyncio")
     finally:
         if opened is not None:
             opened.close()
@@ -138,7 +145,8 @@ def import_command(source: str, db: str, key: tuple[str, ...], state: str | None
 
 async def import_into(db: str, items: Callable[[], AsyncIterator[list[ImportItem]]], *,
                       max_attempts: int, dry_run: bool,
-                      on_rejected: Callable[[Rejection], None] | None = None) -> ImportResult:
+                      on_rejected: Callable[[Rejection], None] | None = None,
+                      limits: tuple[Limit, ...] = ()) -> ImportResult:
     """Open the store ``db`` for writing and import ``items()`` into it, one transaction
     per chunk, in order; the next chunk is read and encoded while one commits.
 
@@ -172,7 +180,8 @@ async def import_into(db: str, items: Callable[[], AsyncIterator[list[ImportItem
             tg.start_soon(apply_all)
             async with send:
                 result = await run_import(items(), send.send, max_attempts=max_attempts,
-                                          dry_run=dry_run, window=2, on_rejected=on_rejected)
+                                          dry_run=dry_run, window=2, on_rejected=on_rejected,
+                                          limit_key=import_limit_key(limits))
     finally:
         await store.aclose()
     return result
