@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import anyio
@@ -106,23 +108,28 @@ async def through_syncward(files: list[tuple[str, str]], out: Path, db: Path
     return elapsed, stats.bytes_received
 
 
-async def measure(url: str, rounds: int) -> dict[str, list[tuple[float, int]]]:
+async def measure(url: str, rounds: int
+                  ) -> tuple[dict[str, list[tuple[float, int]]], dict[str, list[float]]]:
     files = await catalogue(url)
     results: dict[str, list[tuple[float, int]]] = {"plain": [], "syncward": []}
+    cpu_ms: dict[str, list[float]] = {"plain": [], "syncward": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             base = Path(tmp) / f"round{r}"
             base.mkdir()
             order = ("plain", "syncward") if r % 2 == 0 else ("syncward", "plain")
             for side in order:
+                cpu = time.process_time()
                 if side == "plain":
                     run = await plain(files, base / "plain")
                 else:
                     run = await through_syncward(files, base / "syncward", base / "jobs.db")
+                cpu = time.process_time() - cpu
                 results[side].append(run)
-                print(f"round {r} {side}: {run[1] / 1e6 / run[0]:.1f} MB/s in {run[0]:.2f}s",
-                      file=sys.stderr)
-    return results
+                cpu_ms[side].append(cpu * 1000 / len(files))
+                print(f"round {r} {side}: {run[1] / 1e6 / run[0]:.1f} MB/s in {run[0]:.2f}s, "
+                      f"{cpu * 1000 / len(files):.2f} ms of CPU per file", file=sys.stderr)
+    return results, cpu_ms
 
 
 def main() -> None:
@@ -134,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     proc, url = start_server(args.files, args.max_size)
     try:
-        results = anyio.run(measure, url, args.rounds,
+        results, cpu_ms = anyio.run(measure, url, args.rounds,
                             backend_options={"use_uvloop": args.loop == "uvloop"})
     finally:
         proc.terminate()
@@ -144,7 +151,9 @@ def main() -> None:
     pairs = zip(results["syncward"], results["plain"], strict=True)
     extra = {"files": args.files, "mb": round(sw_b / 1e6, 1), "concurrency": CONCURRENCY,
              "loop": args.loop, "rounds": args.rounds,
-             "round_ratios": [round(p[0] / s[0], 3) for s, p in pairs]}
+             "round_ratios": [round(p[0] / s[0], 3) for s, p in pairs],
+             "cpu_ms_per_file": {side: round(statistics.median(v), 2)
+                                 for side, v in cpu_ms.items()}}
     emit("http.download", sw_b / 1e6 / sw_s, "MB/s", baseline=pl_b / 1e6 / pl_s, **extra)
     emit("http.download_files", args.files / sw_s, "files/s", baseline=args.files / pl_s,
          **extra)

@@ -332,7 +332,11 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """Record an effect's result in the operation ledger (first writer wins)."""
+    """Record an effect's result in the operation ledger (first writer wins).
+
+    With ``stage``, the job reaches that stage in the same commit as the record: one
+    commit where a `Stage` after the `Effect` would take two.
+    """
 
     job_id: int
     fence: int
@@ -340,6 +344,7 @@ class Effect:
     kind: str
     result: str  # JSON text
     reply: Reply[EffectResult | Rejected] | None = None
+    stage: str | None = None
 
 
 class OutcomeKind(enum.StrEnum):

@@ -203,3 +203,89 @@ async def test_undeclared_handlers_keep_free_stages(store_url: str) -> None:
 
     row = await run_one(store_url, handler)
     assert (row.state, row.stage) == (JobState.SUCCEEDED, "HEAD_DONE")
+
+
+# --- a stage committed with an effect or a claim -------------------------------------
+
+
+async def test_an_effect_and_its_stage_commit_together_and_resume_together(
+        store_url: str) -> None:
+    from syncward import RetryPolicy
+
+    runs: list[int] = []
+    seen: list[tuple[int, str | None, Any]] = []
+
+    @stages(*ORDER)
+    async def handler(job: Job, ctx: Context) -> Any:
+        def upload() -> dict[str, int]:
+            runs.append(job.attempt)
+            return {"bytes": 7}
+
+        result = await ctx.effect("upload", upload, stage="DOWNLOADED", part=1)
+        seen.append((job.attempt, ctx.current_stage, result))
+        if job.attempt == 1:
+            raise RuntimeError("crash after the effect and its stage")
+        return result
+
+    async with Runtime(handler, store=store_url, syncer=QUICK,
+                       retry=RetryPolicy(base=0.0, jitter=False)) as rt:
+        with anyio.fail_after(10):
+            await rt.submit([{"n": 1}])
+            await rt.join()
+            row = await rt.store.get_job(job_key({"n": 1}))
+    assert runs == [1]  # the second attempt read the record
+    assert seen == [(1, "DOWNLOADED", {"bytes": 7}), (2, "DOWNLOADED", {"bytes": 7})]
+    assert row is not None
+    assert (row.state, row.stage, row.attempts) == (JobState.SUCCEEDED, "DOWNLOADED", 2)
+
+
+async def test_a_recorded_effect_still_commits_a_stage_it_had_not_reached(
+        store_url: str) -> None:
+    from syncward import RetryPolicy
+
+    runs: list[int] = []
+
+    @stages(*ORDER)
+    async def handler(job: Job, ctx: Context) -> Any:
+        def upload() -> int:
+            runs.append(job.attempt)
+            return 7
+
+        if job.attempt == 1:
+            await ctx.effect("upload", upload)
+            raise RuntimeError("crash before any stage")
+        assert job.stage is None
+        value = await ctx.effect("upload", upload, stage="VERIFIED")
+        assert ctx.current_stage == "VERIFIED"
+        return value
+
+    async with Runtime(handler, store=store_url, syncer=QUICK,
+                       retry=RetryPolicy(base=0.0, jitter=False)) as rt:
+        with anyio.fail_after(10):
+            await rt.submit([{"n": 1}])
+            await rt.join()
+            row = await rt.store.get_job(job_key({"n": 1}))
+    assert runs == [1]
+    assert row is not None
+    assert (row.state, row.stage, row.result) == (JobState.SUCCEEDED, "VERIFIED", 7)
+
+
+async def test_a_refused_stage_on_an_effect_or_claim_runs_and_records_nothing(
+        store_url: str) -> None:
+    ran: list[str] = []
+    refused: list[str] = []
+
+    @stages(*ORDER)
+    async def handler(job: Job, ctx: Context) -> None:
+        await ctx.stage("DOWNLOADED")
+        for call in (lambda: ctx.effect("upload", lambda: ran.append("upload"), stage="HEAD"),
+                     lambda: ctx.claim("sha256", "abc", stage="UNKNOWN")):
+            with pytest.raises(StageError) as info:
+                await call()
+            refused.append(info.value.stage)
+        holder = await ctx.claim("sha256", "abc", stage="VERIFIED")
+        assert (holder, ctx.current_stage) == (job.key, "VERIFIED")
+
+    row = await run_one(store_url, handler)
+    assert (ran, refused) == ([], ["HEAD", "UNKNOWN"])
+    assert (row.state, row.stage) == (JobState.SUCCEEDED, "VERIFIED")

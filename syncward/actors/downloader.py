@@ -113,7 +113,8 @@ class Context:
             raise LeaseLost(self.job.key, result.reason)
         self._stage = name
 
-    async def effect(self, kind: str, fn: Callable[[], Any], /, **context: str | int) -> Any:
+    async def effect(self, kind: str, fn: Callable[[], Any], /, *, stage: str | None = None,
+                     **context: str | int) -> Any:
         """Run a side effect at most once per op key and return its committed JSON result.
 
         If the operation ledger already holds ``op_key(kind, job.key, **context)`` (an
@@ -122,47 +123,66 @@ class Context:
         thread if it is a plain function), its result is committed to the ledger, and the
         committed result is returned. Between ``fn`` finishing and the commit a crash can
         make ``fn`` run again: effects are at least once, committed results exactly once.
+
+        ``stage`` (so not a context field) also commits that stage, in the same commit as
+        the result, as `stage` would after it; checked against the declared order first.
         Raises:
             LeaseLost: the lease is gone; the result was not recorded.
+            StageError: ``stage`` is refused by the declared order; nothing ran.
             TypeError: ``fn``'s result is not JSON-serialisable.
         """
         key = op_key(kind, self.job.key, **context)
+        stage = self._next_stage(stage)
         recorded = await self._store.get_op(key)
-        if recorded is not None:
+        if recorded is not None and stage is None:
             return json.loads(recorded)
-        if inspect.iscoroutinefunction(fn):
+        if recorded is not None:
+            value = json.loads(recorded)  # committed again below, with the stage
+        elif inspect.iscoroutinefunction(fn):
             value = await fn()
         else:
             value = await anyio.to_thread.run_sync(fn)
-        text = json.dumps(value)
-        reply: Reply[EffectResult | Rejected] = Reply()
-        await self._syncer.send(Effect(self.job.id, self.job.fence, key, kind, text, reply))
-        result = await reply.wait()
-        if isinstance(result, Rejected):
-            raise LeaseLost(self.job.key, result.reason)
-        return json.loads(result.result)
+        return json.loads(await self._record(key, kind, json.dumps(value), stage))
 
-    async def claim(self, namespace: str, value: str) -> str:
+    async def claim(self, namespace: str, value: str, *, stage: str | None = None) -> str:
         """Claim ``value`` in ``namespace`` for this job, first writer wins, across all jobs.
 
         Returns the key of the job that holds the claim: this job's key if it is the first
         (or already held it), another job's key otherwise — e.g. content-hash dedupe,
-        where the second identical artifact learns which job has the first.
+        where the second identical artifact learns which job has the first. ``stage``
+        also commits that stage, in the same commit as the claim, whoever holds it.
         Raises:
             LeaseLost: the lease is gone; nothing was claimed.
+            StageError: ``stage`` is refused by the declared order; nothing was claimed.
         """
         key = op_key(f"claim:{namespace}", value)
-        recorded = await self._store.get_op(key)
-        if recorded is not None:
-            return str(json.loads(recorded))
+        stage = self._next_stage(stage)
+        if stage is None:
+            recorded = await self._store.get_op(key)
+            if recorded is not None:
+                return str(json.loads(recorded))
+        text = await self._record(key, f"claim:{namespace}", json.dumps(self.job.key), stage)
+        return str(json.loads(text))
+
+    def _next_stage(self, stage: str | None) -> str | None:
+        """``stage`` if it is to be committed (not the current one), checked; else None."""
+        if stage is None or stage == self._stage:
+            return None
+        if self._stages is not None:
+            self._stages.check(stage, self._stage, job=self.job.key)
+        return stage
+
+    async def _record(self, key: str, kind: str, text: str, stage: str | None) -> str:
+        """Commit a ledger entry (and ``stage``); the entry's committed JSON text."""
         reply: Reply[EffectResult | Rejected] = Reply()
-        text = json.dumps(self.job.key)
-        await self._syncer.send(Effect(self.job.id, self.job.fence, key, f"claim:{namespace}",
-                                       text, reply))
+        await self._syncer.send(Effect(self.job.id, self.job.fence, key, kind, text, reply,
+                                       stage=stage))
         result = await reply.wait()
         if isinstance(result, Rejected):
             raise LeaseLost(self.job.key, result.reason)
-        return str(json.loads(result.result))
+        if stage is not None:
+            self._stage = stage
+        return result.result
 
     def progress(self, done: float, total: float | None = None) -> None:
         """Report progress inside the job (shown by status; not stored)."""

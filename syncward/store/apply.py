@@ -509,10 +509,10 @@ class _Batch:
             row = self.leased(msg.job_id, msg.fence)
             match msg:
                 case Stage():
-                    check_transition(row.state, JobState.LEASED)
-                    row.stage = msg.stage
-                    self.stages.append((msg.stage, self.now, row.id, row.fence))
+                    self.reach(row, msg.stage)
                 case Effect():
+                    if msg.stage is not None:
+                        self.reach(row, msg.stage)
                     self.effects.append((len(self.results), msg))
                     return None  # resolved when the ledger rows are written
                 case Outcome():
@@ -528,6 +528,11 @@ class _Batch:
             return self.reject(msg.job_id, msg, stale.reason)
         except IllegalTransition as exc:
             return self.reject(msg.job_id, msg, str(exc))
+
+    def reach(self, row: FencedRow, stage: str) -> None:
+        check_transition(row.state, JobState.LEASED)
+        row.stage = stage
+        self.stages.append((stage, self.now, row.id, row.fence))
 
     def outcome(self, row: FencedRow, msg: Outcome) -> None:
         kind, error = msg.kind, msg.error
