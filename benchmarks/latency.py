@@ -6,8 +6,11 @@ its own task, and records how long each took to return (it returns after the com
 Lines: ``latency.submit_peak`` (jobs/s), ``latency.submit_p50`` and ``latency.submit_p99``
 (ms) at half the peak, ``latency.paced_p99`` at a tenth, two tenths, ... of the peak until
 p99 passes 20 ms, and ``latency.sustainable``: the highest of those rates whose p99 stayed
-under 20 ms (the knee). Durable SQLite (synchronous FULL); no handler work is leased
-(leasing paused).
+under 20 ms (the knee). The same again with each submit in a plain `asyncio` task instead
+of an anyio task group's (``latency.paced_p99_asyncio_tasks``,
+``latency.sustainable_asyncio_tasks``): at these rates the task spawn is a large part of
+the cost, and a web server spawns plain tasks. Durable SQLite (synchronous FULL); no
+handler work is leased (leasing paused).
 
 Run: python -m benchmarks.latency [--seconds S]
 """
@@ -15,6 +18,7 @@ Run: python -m benchmarks.latency [--seconds S]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import tempfile
 from pathlib import Path
@@ -49,8 +53,10 @@ async def measure(path: Path, seconds: float) -> None:
         peak = done / (timed() - start)
         emit("latency.submit_peak", peak, "jobs/s", producers=64)
 
-        async def paced(rate: float) -> list[float]:
-            """One single-job submit every 1/rate seconds, each in its own task."""
+        async def paced(rate: float, *, plain_tasks: bool = False) -> list[float]:
+            """One single-job submit every 1/rate seconds, each in its own task: an anyio
+            task group's, or with ``plain_tasks`` an `asyncio.create_task` (what a web
+            server does per request; about half the cost of a task group's spawn)."""
             latencies: list[float] = []
 
             async def one() -> None:
@@ -59,13 +65,23 @@ async def measure(path: Path, seconds: float) -> None:
                 latencies.append(timed() - t0)
 
             interval = 1 / rate
-            async with anyio.create_task_group() as tg:
-                next_at = timed()
-                end = next_at + seconds
+            next_at = timed()
+            end = next_at + seconds
+            if plain_tasks:
+                tasks: set[asyncio.Task[None]] = set()
                 while next_at < end:
-                    tg.start_soon(one)
+                    task = asyncio.create_task(one())
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
                     next_at += interval
-                    await anyio.sleep(max(0.0, next_at - timed()))
+                    await asyncio.sleep(max(0.0, next_at - timed()))
+                await asyncio.gather(*tasks)
+            else:
+                async with anyio.create_task_group() as tg:
+                    while next_at < end:
+                        tg.start_soon(one)
+                        next_at += interval
+                        await anyio.sleep(max(0.0, next_at - timed()))
             latencies.sort()
             return latencies
 
@@ -88,6 +104,17 @@ async def measure(path: Path, seconds: float) -> None:
                 break
             knee = rate
         emit("latency.sustainable", knee, "submits/s", p99_under_ms=20, peak=round(peak))
+        knee = 0.0
+        for tenth in range(1, 10):
+            rate = peak * tenth / 10
+            lat = await paced(rate, plain_tasks=True)
+            emit("latency.paced_p99_asyncio_tasks", p99(lat), "ms", rate=round(rate),
+                 p50=round(statistics.median(lat) * 1000, 2), samples=len(lat))
+            if p99(lat) >= 20.0:
+                break
+            knee = rate
+        emit("latency.sustainable_asyncio_tasks", knee, "submits/s", p99_under_ms=20,
+             peak=round(peak))
 
 
 def main() -> None:

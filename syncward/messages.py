@@ -11,14 +11,13 @@ and granted again) is rejected individually and never touches the newer owner's 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
-
-import anyio
 
 from syncward.jobs import Job, JobState
 
@@ -81,12 +80,14 @@ class Reply(Generic[T]):
 
     Set at most once: a redelivered message whose reply was already set (it committed in
     an earlier incarnation that crashed before forgetting it) keeps the first value.
+    An `asyncio.Event` (the runtime runs on asyncio or uvloop only): one per submit, stage
+    and effect, where anyio's looked its backend up on every creation.
     """
 
     __slots__ = ("_error", "_event", "_value")
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event = asyncio.Event()
         self._value: T | None = None
         self._error: BaseException | None = None
 
