@@ -11,6 +11,14 @@ Canonical encoding (version 1, frozen: `tests/vectors/job_keys.json` pins it):
   * only str and int scalars; floats (and NaN), bools, None, nesting and empty
     identities are refused with `InvalidJob` naming the field.
 The encoded bytes are prefixed with a domain tag so a job key can never equal an op key.
+
+Design note (speed): sources key every entry they read, so the common case is short-cut
+without changing a byte of the result: an identity that is a plain dict of non-empty
+ASCII names to ASCII strings and modest ints is already its own canonical mapping (ASCII
+is its own NFC form and cannot hold a lone surrogate), and the encoding goes through one
+prebuilt C encoder instead of building a `json.JSONEncoder` per call. Every other
+identity takes the general path. `tests/vectors/job_keys.json` and a property test
+comparing both paths pin the equality.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import math
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from syncward.errors import IllegalTransition, InvalidJob
@@ -45,6 +54,10 @@ Identity = Mapping[str, "str | int"]
 
 _JOB_TAG = b"syncward.job.v1\n"
 _OP_TAG = b"syncward.op.v1\n"
+
+
+#: Ints below this size encode under any ``sys.set_int_max_str_digits`` (at least 640).
+_PLAIN_INT = 1 << 2000
 
 
 def _nfc(text: str, name: str) -> str:
@@ -93,8 +106,50 @@ def _canon_mapping(fields: Mapping[str, object], *, what: str) -> dict[str, str 
     return out
 
 
+def _plain(fields: Mapping[str, object]) -> bool:
+    """Whether ``fields`` is its own canonical mapping: a dict of non-empty ASCII names to
+    ASCII strings and ints of modest size (what `_canon_mapping` would return unchanged)."""
+    if type(fields) is not dict or not fields:
+        return False
+    for name, value in fields.items():
+        if type(name) is not str or not name or not name.isascii():
+            return False
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                return False
+        elif kind is not int or not -_PLAIN_INT < value < _PLAIN_INT:
+            return False
+    return True
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# The C encoder JSONEncoder.iterencode builds on every call, built once; no cycle check
+# (markers None): what is encoded here is canonical mappings, flat or one level deep.
+def _c_encoder() -> Any:
+    """CPython's C encoder as `JSONEncoder.iterencode` builds it, or None (the fallback
+    `JSONEncoder.encode` gives the same text) where it is missing or takes other args."""
+    if c_make_encoder is None:
+        return None
+    try:
+        return c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",",
+                              True, False, True)
+    except TypeError:
+        return None
+
+
+_C_ENCODER = _c_encoder()
+
+
+def _text(obj: Mapping[str, Any]) -> str:
+    """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
+    if _C_ENCODER is None:
+        return _ENCODER.encode(obj)
+    return "".join(_C_ENCODER(obj, 0))
+
+
 def _encode(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _text(obj).encode()
 
 
 def canonical_identity(identity: Mapping[str, object]) -> str:
@@ -104,7 +159,9 @@ def canonical_identity(identity: Mapping[str, object]) -> str:
         InvalidJob: empty identity, a non-string field name, a value that is not str/int,
             a string with a lone surrogate or an int too large to encode.
     """
-    return _encode(_canon_mapping(identity, what="identity")).decode()
+    if _plain(identity):
+        return _text(identity)
+    return _text(_canon_mapping(identity, what="identity"))
 
 
 def job_key(identity: Mapping[str, object]) -> str:

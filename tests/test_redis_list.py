@@ -253,3 +253,25 @@ async def test_a_redis_restart_without_persistence_is_a_gap_and_the_list_goes_on
     assert await keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(100)}
     assert status["redis_restarts"] == 1 and len(status["gaps"]) == 1
     assert "lost the consumers of list 'rows'" in status["gaps"][0]["reason"]
+
+
+@pytest.mark.integration
+async def test_each_commit_removes_one_copy_per_item_recorded(shared_redis: SharedRedis,
+                                                              tmp_path: Path) -> None:
+    # Equal items are the same job: each copy taken is removed once (one LREM each, in
+    # one script call), whichever batch took it, and nothing else in the list is touched.
+    name = shared_redis.key("rows")
+    r = shared_redis.aclient()
+    items = [item(i % 7) for i in range(300)]  # every item 42 or 43 times, interleaved
+    try:
+        await r.rpush(name, *items)
+        src = source(shared_redis, name, batch=16, max_outstanding=40)
+        with anyio.fail_after(20):
+            async with running(src, db(tmp_path)) as rt:
+                status = await drained(rt, src)
+        left = await r.llen(name), await r.llen(f"{name}:processing:{status['consumer']}")
+    finally:
+        await r.aclose()
+    assert await keys_in(db(tmp_path)) == {job_key({"id": i}) for i in range(7)}
+    assert left == (0, 0)
+    assert status["read"] == status["acked"] == 300

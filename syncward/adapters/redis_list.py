@@ -81,6 +81,13 @@ end
 return out
 """
 
+# KEYS: a consumer's processing list; ARGV: the items recorded (one LREM each, in one call:
+# a pipeline of LREMs costs the client more than the server, per item)
+_REMOVE = """
+for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
+return 0
+"""
+
 # KEYS: source list, a consumer's processing list, its heartbeat, the registry; ARGV: name
 _RECLAIM = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
@@ -175,6 +182,7 @@ class _ListConsumer(RedisConsumer):
         self._own_first = True
         self._next_reclaim = 0.0
         self._take = self.redis.register_script(_TAKE)
+        self._remove = self.redis.register_script(_REMOVE)
         self._reclaim = self.redis.register_script(_RECLAIM)
         self.state.extra.setdefault("reclaimed", 0)
 
@@ -259,10 +267,7 @@ class _ListConsumer(RedisConsumer):
         return decode_item(item.data)
 
     async def _acknowledge(self, tokens: Sequence[Token]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for raw in tokens:
-            pipe.execute_command("LREM", self.processing, 1, raw)
-        await pipe.execute()
+        await self._remove(keys=[self.processing], args=list(tokens))
 
     async def _dead_letter(self, bad: Sequence[tuple[Item, str]]) -> None:
         pipe = self.redis.pipeline(transaction=True)
