@@ -9,13 +9,10 @@ commits a stage before the one its job has reached: a retried job resuming at ST
 keeps it while it asks again with a HEAD, and one at FINALIZED or later repeats nothing.
 Each stage is committed together with the ledger record it stands on (``ctx.effect(...,
 stage=...)``), and a stage whose facts come with the next one is passed over, so a fresh
-file costs five commits: the destination claim, STREAMING (with the GET's headers),
-FINALIZED (with name, size and SHA-256), DEDUPED (with the content claim) and the outcome.
-The first two are sent and confirmed later (`Context.claim_later`, `record_later`): they
-commit while the request and the body go on, and both are confirmed before the rename. A
-download waits on two commits, where it waited on ten: on a busy machine one commit took
-tens of milliseconds (the syncer's thread waits for the interpreter lock while the event
-loop parses HTTP), and the file waited through every one.
+file costs five commits: the destination claim, STREAMING (with the GET's headers), FINALIZED
+(with name, size and SHA-256), DEDUPED (with the content claim) and the outcome. Every
+commit is one more wait on the group commit during which the file's connection sits idle
+in httpx's pool, whose every request walks all idle connections (`benchmarks/http.py`).
 
   * HEAD_DONE: size, ETag and range support, recorded in the operation ledger as the
     effect ``http.head`` (once per attempt: a later attempt asks again, the resource may
@@ -49,9 +46,8 @@ Failures are classified by `_http_status`: transport errors, timeouts, 408/425/4
 and short bodies retry (Retry-After honoured; the partial file is kept for resume), other
 4xx fail permanently. The file name comes from the job (an identity field or the URL's
 last path segment) through `safe_name` and `dest_path`: it never leaves ``dest_dir``.
-Each destination is claimed too (``ctx.claim_later("http.path", path)``), so two jobs
-whose names sanitise to the same file cannot overwrite each other: the second fails before
-its rename (its partial file is left to `part_cleanup`).
+Each destination is claimed too (``ctx.claim("http.path", path)``), so two jobs whose
+names sanitise to the same file cannot overwrite each other: the second fails.
 
 Start-up clean-up: `part_cleanup(dest_dir)` (re-exported here) returns the ``(name,
 hook)`` pair for ``Runtime(reconcile_hooks=...)`` that removes the partial files whose
