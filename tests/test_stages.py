@@ -289,37 +289,3 @@ async def test_a_refused_stage_on_an_effect_or_claim_runs_and_records_nothing(
     row = await run_one(store_url, handler)
     assert (ran, refused) == ([], ["HEAD", "UNKNOWN"])
     assert (row.state, row.stage) == (JobState.SUCCEEDED, "VERIFIED")
-
-
-async def test_records_sent_now_and_confirmed_later_commit_in_send_order(
-        store_url: str) -> None:
-    from syncward import RetryPolicy
-
-    seen: list[tuple[int, Any, str, str | None]] = []
-
-    @stages(*ORDER)
-    async def handler(job: Job, ctx: Context) -> Any:
-        facts = await ctx.record_later("facts", {"size": job.attempt}, stage="HEAD",
-                                       attempt=1)
-        claim = await ctx.claim_later("name", "the-file")
-        assert ctx.current_stage == "HEAD"  # sent: what comes next commits after it
-        with pytest.raises(StageError):
-            await ctx.claim_later("name", "other", stage="NOT-DECLARED")
-        seen.append((job.attempt, await facts.result(), await claim.result(), job.stage))
-        if job.attempt == 1:
-            raise RuntimeError("crash after both committed")
-        return "done"
-
-    async with Runtime(handler, store=store_url, syncer=QUICK,
-                       retry=RetryPolicy(base=0.0, jitter=False)) as rt:
-        with anyio.fail_after(10):
-            await rt.submit([{"n": 1}])
-            await rt.join()
-            row = await rt.store.get_job(job_key({"n": 1}))
-            other = await rt.store.get_op(syncward.jobs.op_key("claim:name", "other"))
-    key = job_key({"n": 1})
-    # The second attempt's record lost to the first's (same op key): first writer wins.
-    assert seen == [(1, {"size": 1}, key, None), (2, {"size": 1}, key, "HEAD")]
-    assert other is None  # refused by the order: never sent
-    assert row is not None
-    assert (row.state, row.stage, row.attempts) == (JobState.SUCCEEDED, "HEAD", 2)

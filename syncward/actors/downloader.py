@@ -37,7 +37,7 @@ import inspect
 import json
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 import anyio.to_thread
@@ -66,9 +66,7 @@ if TYPE_CHECKING:
     from syncward.store.base import StoreReader
     from syncward.testing.faults import Faults
 
-__all__ = ["Context", "Downloader", "Handler", "Pending"]
-
-T = TypeVar("T")
+__all__ = ["Context", "Downloader", "Handler"]
 
 _TRACEBACK_FRAMES = 4
 _ERROR_MAX = 2000
@@ -166,35 +164,6 @@ class Context:
         text = await self._record(key, f"claim:{namespace}", json.dumps(self.job.key), stage)
         return str(json.loads(text))
 
-    async def claim_later(self, namespace: str, value: str, *, stage: str | None = None
-                          ) -> Pending[str]:
-        """`claim`, sent now and confirmed later: the handler goes on while it commits.
-
-        ``await pending.result()`` gives the holder (or raises `LeaseLost`); do so before
-        acting on the claim. Messages of one attempt commit in the order they are sent,
-        so a stage or record sent after this one commits after it.
-        Raises:
-            StageError: ``stage`` is refused by the declared order; nothing was sent.
-        """
-        key = op_key(f"claim:{namespace}", value)
-        reply = await self._send(key, f"claim:{namespace}", json.dumps(self.job.key), stage)
-        return Pending(reply, self.job.key, _holder)
-
-    async def record_later(self, kind: str, value: Any, /, *, stage: str | None = None,
-                           **context: str | int) -> Pending[Any]:
-        """Record ``value`` (JSON) as the result of an effect that already happened, e.g.
-        facts a response brought, sent now and confirmed later like `claim_later`.
-
-        ``await pending.result()`` gives the committed result: ``value``, or what an
-        earlier attempt recorded under the same op key (first writer wins).
-        Raises:
-            StageError: ``stage`` is refused by the declared order; nothing was sent.
-            TypeError: ``value`` is not JSON-serialisable.
-        """
-        key = op_key(kind, self.job.key, **context)
-        reply = await self._send(key, kind, json.dumps(value), stage)
-        return Pending(reply, self.job.key, json.loads)
-
     def _next_stage(self, stage: str | None) -> str | None:
         """``stage`` if it is to be committed (not the current one), checked; else None."""
         if stage is None or stage == self._stage:
@@ -205,51 +174,20 @@ class Context:
 
     async def _record(self, key: str, kind: str, text: str, stage: str | None) -> str:
         """Commit a ledger entry (and ``stage``); the entry's committed JSON text."""
-        return await Pending(await self._send(key, kind, text, stage), self.job.key,
-                             str).result()
-
-    async def _send(self, key: str, kind: str, text: str, stage: str | None
-                    ) -> Reply[EffectResult | Rejected]:
-        """Send a ledger entry (and ``stage``, checked first) to be committed."""
-        stage = self._next_stage(stage)
         reply: Reply[EffectResult | Rejected] = Reply()
         await self._syncer.send(Effect(self.job.id, self.job.fence, key, kind, text, reply,
                                        stage=stage))
+        result = await reply.wait()
+        if isinstance(result, Rejected):
+            raise LeaseLost(self.job.key, result.reason)
         if stage is not None:
-            self._stage = stage  # committed in send order: what comes next comes after it
-        return reply
+            self._stage = stage
+        return result.result
 
     def progress(self, done: float, total: float | None = None) -> None:
         """Report progress inside the job (shown by status; not stored)."""
         self.progress_done = done
         self.progress_total = total
-
-
-class Pending(Generic[T]):
-    """A ledger entry sent to be committed; `result` waits for the commit."""
-
-    __slots__ = ("_decode", "_key", "_reply")
-
-    def __init__(self, reply: Reply[EffectResult | Rejected], job_key: str,
-                 decode: Callable[[str], T]) -> None:
-        self._reply = reply
-        self._key = job_key
-        self._decode = decode
-
-    async def result(self) -> T:
-        """The committed result.
-
-        Raises:
-            LeaseLost: the lease was gone; nothing was recorded.
-        """
-        result = await self._reply.wait()
-        if isinstance(result, Rejected):
-            raise LeaseLost(self._key, result.reason)
-        return self._decode(result.result)
-
-
-def _holder(text: str) -> str:
-    return str(json.loads(text))
 
 
 Handler: TypeAlias = Callable[[Job, Context], Awaitable[Any]]

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from os import PathLike
     from types import TracebackType
 
-    from syncward.actors.downloader import Context, Handler, Pending
+    from syncward.actors.downloader import Context, Handler
     from syncward.jobs import Job
 
 __all__ = [
@@ -226,24 +226,22 @@ class HttpFetcher:
         fname = safe_name(name if name is not None else name_from_url(url),
                           fallback=f"download-{job.key[:16]}")
         final = await anyio.to_thread.run_sync(dest_path, Path(dest_dir), fname)
-        # Committed while the transfer goes on; confirmed before anything is renamed.
-        path_claim = await ctx.claim_later("http.path", str(final))
+        holder = await ctx.claim("http.path", str(final))
+        if holder != job.key:
+            raise Permanent(f"destination {final} already belongs to job {holder}")
         if job.stage in _FINALIZED_OR_LATER or (
                 job.stage == HttpStage.STREAMING and await anyio.to_thread.run_sync(
                     _renamed_before, final, fname, job.key)):
             # Renamed by an earlier attempt (which may not have committed FINALIZED).
-            await _own(path_claim, final, job.key)
             record = await ctx.effect("http.finalize", functools.partial(
                 adopt_final, final, _record(url, fname, None, None)),
                 stage=_ahead(ctx, HttpStage.FINALIZED), path=fname)
         else:
-            record = await self._fetch(ctx, url, final, fname, path_claim)
+            record = await self._fetch(ctx, url, final, fname)
         return await self._index(ctx, url, final, record)
 
-    async def _fetch(self, ctx: Context, url: str, final: Path, fname: str,
-                     path_claim: Pending[str]) -> dict[str, Any]:
+    async def _fetch(self, ctx: Context, url: str, final: Path, fname: str) -> dict[str, Any]:
         job = ctx.job
-        streaming: Pending[Any] | None = None
         part: Path | None = None
         offset = 0
         info: dict[str, Any] = {"size": None, "etag": None}
@@ -257,13 +255,13 @@ class HttpFetcher:
 
         async def on_headers(facts: dict[str, Any]) -> Path:
             """A fresh download: the GET's headers are the facts a HEAD would give; they
-            are recorded with STREAMING, in one commit sent once the partial file exists,
-            and the body streams while it commits."""
-            nonlocal streaming
+            are recorded with STREAMING, in one commit, once the partial file exists."""
+            async def recorded() -> dict[str, Any]:
+                return facts
+
             found, _ = await self._resume_point(ctx, final, fname, facts)
-            streaming = await ctx.record_later(
-                "http.head", facts, stage=_ahead(ctx, HttpStage.STREAMING),
-                attempt=job.attempt)
+            await ctx.effect("http.head", recorded, stage=_ahead(ctx, HttpStage.STREAMING),
+                             attempt=job.attempt)
             info.update(facts)
             return found
 
@@ -279,9 +277,6 @@ class HttpFetcher:
                              progress=progress, on_headers=on_headers)
         self._counts["resumed"] += got.started > 0
         self._counts["restarted"] += got.restarted
-        if streaming is not None:
-            await streaming.result()
-        await _own(path_claim, final, job.key)
         part = got.path
         record = {**_record(url, fname, info["etag"], got.started), "sha256": got.sha256,
                   "size": got.size}
@@ -341,13 +336,6 @@ async def _reach(ctx: Context, stage: HttpStage) -> None:
     """Commit ``stage`` unless the job has reached it or a later one."""
     if _ahead(ctx, stage) is not None:
         await ctx.stage(stage)
-
-
-async def _own(path_claim: Pending[str], final: Path, key: str) -> None:
-    """Raise `Permanent` unless this job holds the claim on its destination."""
-    holder = await path_claim.result()
-    if holder != key:
-        raise Permanent(f"destination {final} already belongs to job {holder}")
 
 
 def _strong(etag: Any) -> str | None:
