@@ -402,7 +402,16 @@ async def test_a_job_whose_finalized_stage_committed_never_downloads_again(
 
         async def stage(self, name: str) -> None:
             await self._ctx.stage(name)
-            if name == HttpStage.FINALIZED and self._ctx.job.attempt == 1:
+            self._crash_at(name)
+
+        async def effect(self, kind: str, fn: Any, /, *, stage: str | None = None,
+                         **context: Any) -> Any:
+            result = await self._ctx.effect(kind, fn, stage=stage, **context)
+            self._crash_at(stage)
+            return result
+
+        def _crash_at(self, stage: str | None) -> None:
+            if stage == HttpStage.FINALIZED and self._ctx.job.attempt == 1:
                 raise RuntimeError("crash right after FINALIZED")
 
     with anyio.fail_after(20):

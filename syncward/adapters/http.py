@@ -7,29 +7,39 @@ A handler calls it with its `Context`; it walks the job through committed stages
 The order is declared (`syncward.stages`) on `HttpFetcher.handler`, and a download never
 commits a stage before the one its job has reached: a retried job resuming at STREAMING
 keeps it while it asks again with a HEAD, and one at FINALIZED or later repeats nothing.
+Each stage is committed together with the ledger record it stands on (``ctx.effect(...,
+stage=...)``), and a stage whose facts come with the next one is passed over, so a fresh
+file costs five commits: the destination claim, STREAMING (with the GET's headers),
+FINALIZED (with name, size and SHA-256), DEDUPED (with the content claim) and the outcome
+(ten before: `python -m benchmarks.http` measured 0.687 against 0.647, medians of five).
 
   * HEAD_DONE: size, ETag and range support, recorded in the operation ledger as the
     effect ``http.head`` (once per attempt: a later attempt asks again, the resource may
     have changed). They come from a HEAD request when the job may have a partial file to
     resume (an earlier attempt reached RESUME_OK or STREAMING) or with
-    ``always_head=True``; on a fresh job they come from the GET's own response headers,
-    which carry the same facts: HEAD_DONE, RESUME_OK and STREAMING are then committed
-    between the GET's headers and its body, and no round trip is spent on a HEAD whose
-    answer could not change anything (it halves the requests per file; see
-    ``benchmarks/http.py`` for what a request costs in httpx's connection pool).
+    ``always_head=True``, committed with HEAD_DONE; on a fresh job they come from the GET's
+    own response headers, which carry the same facts, and are committed with STREAMING
+    between the GET's headers and its body: no round trip is spent on a HEAD whose answer
+    could not change anything (it halves the requests per file).
   * RESUME_OK: the job's partial file for this ETag is kept and resumed (``Range`` +
     ``If-Range``), or started again from 0 when there is no strong ETag, no range support,
-    or the ETag changed (a partial file is named after its ETag, see `_http_paths`).
+    or the ETag changed (a partial file is named after its ETag, see `_http_paths`). The
+    choice is made again by every attempt, so it is passed over: a job recorded at
+    RESUME_OK resumes like one at STREAMING.
   * STREAMING: the body goes to the partial file, hashed (SHA-256) as it arrives; when
     resuming, the existing prefix is hashed first. A server that answers a range request
-    with 200 (If-Range no longer matches) restarts the file from 0.
+    with 200 (If-Range no longer matches) restarts the file from 0. The partial file
+    exists before STREAMING commits: an attempt that ends in between leaves it to the
+    next attempt's sweep, or to `part_cleanup`.
   * FINALIZED: fsync, atomic rename (`os.replace`), fsync of the directory, recorded as
-    the effect ``http.finalize`` with name, size and SHA-256. A retried job whose
-    FINALIZED stage committed never downloads again: it reads the record.
-  * INDEXED: the content hash is claimed (``ctx.claim("sha256", digest)``): the first job
-    with these bytes owns them.
-  * DEDUPED: a later job with the same bytes removes its copy and ends skipped, naming
-    the job that holds the first (`Skip`); the first job's result is a `Downloaded`.
+    the effect ``http.finalize`` with name, size and SHA-256, in one commit with the
+    stage. A retried job whose FINALIZED stage committed never downloads again: it reads
+    the record.
+  * INDEXED, DEDUPED: the content hash is claimed (``ctx.claim("sha256", digest)``), in
+    one commit with DEDUPED (INDEXED is passed over): the first job with these bytes owns
+    them, and a later job with the same bytes removes its copy and ends skipped, naming
+    the job that holds the first (`Skip`); the first job's result is a `Downloaded`. A
+    retried job at DEDUPED reads the claim and does the same.
 
 Failures are classified by `_http_status`: transport errors, timeouts, 408/425/429/5xx
 and short bodies retry (Retry-After honoured; the partial file is kept for resume), other
@@ -218,17 +228,15 @@ class HttpFetcher:
         holder = await ctx.claim("http.path", str(final))
         if holder != job.key:
             raise Permanent(f"destination {final} already belongs to job {holder}")
-        if job.stage in _FINALIZED_OR_LATER:
+        if job.stage in _FINALIZED_OR_LATER or (
+                job.stage == HttpStage.STREAMING and await anyio.to_thread.run_sync(
+                    _renamed_before, final, fname, job.key)):
+            # Renamed by an earlier attempt (which may not have committed FINALIZED).
             record = await ctx.effect("http.finalize", functools.partial(
-                adopt_final, final, _record(url, fname, None, None)), path=fname)
-        elif job.stage == HttpStage.STREAMING and await anyio.to_thread.run_sync(
-                _renamed_before, final, fname, job.key):
-            # An earlier attempt renamed the file but did not commit FINALIZED.
-            record = await ctx.effect("http.finalize", functools.partial(
-                adopt_final, final, _record(url, fname, None, None)), path=fname)
+                adopt_final, final, _record(url, fname, None, None)),
+                stage=_ahead(ctx, HttpStage.FINALIZED), path=fname)
         else:
             record = await self._fetch(ctx, url, final, fname)
-        await _reach(ctx, HttpStage.FINALIZED)
         return await self._index(ctx, url, final, record)
 
     async def _fetch(self, ctx: Context, url: str, final: Path, fname: str) -> dict[str, Any]:
@@ -239,18 +247,22 @@ class HttpFetcher:
         if self.always_head or job.stage in _MAY_HAVE_PART:
             info = await ctx.effect("http.head", functools.partial(
                 head, self.client, url, max_retry_after=self.max_retry_after),
-                attempt=job.attempt)
+                stage=_ahead(ctx, HttpStage.HEAD_DONE), attempt=job.attempt)
             self._counts["heads"] += 1
             part, offset = await self._resume_point(ctx, final, fname, info)
+            await _reach(ctx, HttpStage.STREAMING)
 
         async def on_headers(facts: dict[str, Any]) -> Path:
-            """A fresh download: the GET's headers are the facts a HEAD would give."""
+            """A fresh download: the GET's headers are the facts a HEAD would give; they
+            are recorded with STREAMING, in one commit, once the partial file exists."""
             async def recorded() -> dict[str, Any]:
                 return facts
 
-            await ctx.effect("http.head", recorded, attempt=job.attempt)
+            found, _ = await self._resume_point(ctx, final, fname, facts)
+            await ctx.effect("http.head", recorded, stage=_ahead(ctx, HttpStage.STREAMING),
+                             attempt=job.attempt)
             info.update(facts)
-            return (await self._resume_point(ctx, final, fname, facts))[0]
+            return found
 
         def progress(new: int, done: int, total: int | None) -> None:
             self._counts["bytes_received"] += new
@@ -268,7 +280,8 @@ class HttpFetcher:
         record = {**_record(url, fname, info["etag"], got.started), "sha256": got.sha256,
                   "size": got.size}
         committed: dict[str, Any] = await ctx.effect(
-            "http.finalize", functools.partial(finalize, part, final, record), path=fname)
+            "http.finalize", functools.partial(finalize, part, final, record),
+            stage=_ahead(ctx, HttpStage.FINALIZED), path=fname)
         self._counts["files"] += 1
         if committed != record:  # an earlier run's record won: our copy is spare
             await anyio.to_thread.run_sync(drop_file, part)
@@ -276,34 +289,27 @@ class HttpFetcher:
 
     async def _resume_point(self, ctx: Context, final: Path, fname: str,
                             info: dict[str, Any]) -> tuple[Path, int]:
-        """Commit HEAD_DONE, choose the partial file and offset, commit RESUME_OK and
-        STREAMING (the partial file exists from here on until it is renamed)."""
+        """The partial file and the offset to write from, for these facts (it exists from
+        here on until it is renamed; the caller commits STREAMING next)."""
         job = ctx.job
-        await _reach(ctx, HttpStage.HEAD_DONE)
         strong = _strong(info["etag"])
-        found = await anyio.to_thread.run_sync(functools.partial(
+        return await anyio.to_thread.run_sync(functools.partial(
             prepare_part, final.parent, fname, job.key, strong,
             resumable=bool(info["ranges"]) and strong is not None, size=info["size"],
             sweep=job.stage is not None or job.attempt > 1))
-        await _reach(ctx, HttpStage.RESUME_OK)
-        await _reach(ctx, HttpStage.STREAMING)
-        return found
 
     async def _index(self, ctx: Context, url: str, final: Path, record: dict[str, Any]
                      ) -> Downloaded:
         job = ctx.job
         digest = str(record["sha256"])
-        holder = await ctx.claim("sha256", digest)
-        await _reach(ctx, HttpStage.INDEXED)
+        holder = await ctx.claim("sha256", digest, stage=_ahead(ctx, HttpStage.DEDUPED))
         if holder != job.key:
             kept = self.keep_duplicates
             if not kept:
                 await anyio.to_thread.run_sync(drop_file, final)
-            await _reach(ctx, HttpStage.DEDUPED)
             self._counts["duplicates"] += 1
             raise Skip(f"duplicate of job {holder}: same SHA-256 ({digest[:16]}…); "
                        f"this copy {'kept' if kept else 'removed'}")
-        await _reach(ctx, HttpStage.DEDUPED)
         return Downloaded(url=url, path=str(final), size=int(record["size"]), sha256=digest,
                           etag=record.get("etag"), resumed_from=record.get("resumed_from"))
 
@@ -317,12 +323,18 @@ async def download(ctx: Context, url: str, dest_dir: str | PathLike[str], *,
 # --- helpers -----------------------------------------------------------------------------
 
 
-async def _reach(ctx: Context, stage: HttpStage) -> None:
-    """Commit ``stage`` unless the job has reached it or a later one (stages never go back)."""
+def _ahead(ctx: Context, stage: HttpStage) -> HttpStage | None:
+    """``stage`` unless the job has reached it or a later one (stages never go back)."""
     current = ctx.current_stage
     if current in _ORDER and _ORDER.index(HttpStage(current)) >= _ORDER.index(stage):
-        return
-    await ctx.stage(stage)
+        return None
+    return stage
+
+
+async def _reach(ctx: Context, stage: HttpStage) -> None:
+    """Commit ``stage`` unless the job has reached it or a later one."""
+    if _ahead(ctx, stage) is not None:
+        await ctx.stage(stage)
 
 
 def _strong(etag: Any) -> str | None:
