@@ -111,68 +111,39 @@ def _insert(conn: sqlite3.Connection, identities: list[bytes]) -> None:
     conn.execute("COMMIT")
 
 
-async def raw_stream(r: aioredis.Redis, key: str, n: int, batch: int) -> float:
+async def raw_stream(r: aioredis.Redis, key: str, n: int, batch: int,
+                     conn: sqlite3.Connection | None = None) -> float:
+    """XREADGROUP + XACK; with ``conn``, each batch's rows inserted durably in between."""
     await r.xgroup_create(key, "raw", id="0")
     done = 0
     start = timed()
     while done < n:
-        resp = await r.xreadgroup("raw", "c", {key: ">"}, count=batch)
-        ids = [entry_id for _, entries in resp for entry_id, _ in entries]
-        await r.xack(key, "raw", *ids)
-        done += len(ids)
-    return n / (timed() - start)
-
-
-async def raw_stream_durable(r: aioredis.Redis, key: str, n: int, batch: int, tmp: Path
-                             ) -> float:
-    conn = _durable(tmp)
-    await r.xgroup_create(key, "raw", id="0")
-    done = 0
-    start = timed()
-    while done < n:
-        resp = await r.xreadgroup("raw", "c", {key: ">"}, count=batch)
+        resp: Any = await r.xreadgroup("raw", "c", {key: ">"}, count=batch)
         entries = [entry for _, batch_entries in resp for entry in batch_entries]
-        _insert(conn, [fields[b"identity"] for _, fields in entries])
+        if conn is not None:
+            _insert(conn, [fields[b"identity"] for _, fields in entries])
         await r.xack(key, "raw", *(entry_id for entry_id, _ in entries))
         done += len(entries)
-    elapsed = timed() - start
-    conn.close()
-    return n / elapsed
+    return n / (timed() - start)
 
 
-async def raw_list(r: aioredis.Redis, key: str, n: int, batch: int) -> float:
+async def raw_list(r: aioredis.Redis, key: str, n: int, batch: int,
+                   conn: sqlite3.Connection | None = None) -> float:
+    """The list source's LMOVE script + pipelined LREMs; with ``conn``, durable inserts."""
     take = r.register_script(_TAKE)
     processing = f"{key}:processing:raw"
     done = 0
     start = timed()
     while done < n:
         items = await take(keys=[key, processing], args=[batch])
+        if conn is not None:
+            _insert(conn, items)
         pipe = r.pipeline(transaction=False)
         for item in items:
             pipe.lrem(processing, 1, item)
         await pipe.execute()
         done += len(items)
     return n / (timed() - start)
-
-
-async def raw_list_durable(r: aioredis.Redis, key: str, n: int, batch: int, tmp: Path
-                           ) -> float:
-    conn = _durable(tmp)
-    take = r.register_script(_TAKE)
-    processing = f"{key}:processing:raw"
-    done = 0
-    start = timed()
-    while done < n:
-        items = await take(keys=[key, processing], args=[batch])
-        _insert(conn, items)
-        pipe = r.pipeline(transaction=False)
-        for item in items:
-            pipe.lrem(processing, 1, item)
-        await pipe.execute()
-        done += len(items)
-    elapsed = timed() - start
-    conn.close()
-    return n / elapsed
 
 
 async def _ours(source: Any, n: int, *, paused: bool = False) -> float:
@@ -180,10 +151,14 @@ async def _ours(source: Any, n: int, *, paused: bool = False) -> float:
         return await _through_runtime(source, n, Path(tmp), paused=paused)
 
 
-async def _raw_durable(raw: Callable[[aioredis.Redis, str, int, int, Path], Awaitable[float]],
-                       r: aioredis.Redis, key: str, n: int, batch: int) -> float:
+async def _raw_durable(raw: Callable[..., Awaitable[float]], r: aioredis.Redis, key: str,
+                       n: int, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        return await raw(r, key, n, batch, Path(tmp))
+        conn = _durable(Path(tmp))
+        try:
+            return await raw(r, key, n, batch, conn)
+        finally:
+            conn.close()
 
 
 def _stream_source(url: str, stream: str, batch: int) -> RedisStreamSource:
@@ -205,7 +180,7 @@ async def bench(url: str, n: int, batch: int, loop: str) -> None:
         ours = await _ours(_stream_source(url, prefix + "s", batch), n)
         emit("redis_intake.stream", ours, "entries/s", baseline=raw, **extra)
         await _fill_stream(r, prefix + "rawd", n)
-        durable = await _raw_durable(raw_stream_durable, r, prefix + "rawd", n, batch)
+        durable = await _raw_durable(raw_stream, r, prefix + "rawd", n, batch)
         emit("redis_intake.stream_vs_durable", ours, "entries/s", baseline=durable, **extra)
         await _fill_stream(r, prefix + "sp", n)
         alone = await _ours(_stream_source(url, prefix + "sp", batch), n, paused=True)
@@ -218,7 +193,7 @@ async def bench(url: str, n: int, batch: int, loop: str) -> None:
         ours = await _ours(_list_source(url, prefix + "l", batch), n)
         emit("redis_intake.list", ours, "entries/s", baseline=raw, **extra)
         await _fill_list(r, prefix + "rawld", n)
-        durable = await _raw_durable(raw_list_durable, r, prefix + "rawld", n, batch)
+        durable = await _raw_durable(raw_list, r, prefix + "rawld", n, batch)
         emit("redis_intake.list_vs_durable", ours, "entries/s", baseline=durable, **extra)
         await _fill_list(r, prefix + "lp", n)
         alone = await _ours(_list_source(url, prefix + "lp", batch), n, paused=True)

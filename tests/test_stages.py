@@ -18,6 +18,7 @@ from syncward import (
     Context,
     Job,
     JobState,
+    RetryPolicy,
     Runtime,
     StageError,
     SyncerConfig,
@@ -30,6 +31,7 @@ from syncward.store import JobRow, open_store
 from syncward.store.memory import MemoryStore
 
 QUICK = SyncerConfig(idle_poll=0.01, retry_initial=0.001, retry_max=0.01)
+AT_ONCE = RetryPolicy(base=0.0, jitter=False)
 ORDER = ("HEAD", "DOWNLOADED", "VERIFIED")
 
 
@@ -43,11 +45,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
 
 
-async def run_one(store_url: str, handler: Any, *, max_attempts: int = 3) -> JobRow:
+async def run_one(store_url: str, handler: Any, *, max_attempts: int = 3,
+                  retry: RetryPolicy | None = None) -> JobRow:
     """Run ``handler`` on one job ``{"n": 1}`` to a terminal state; return its row."""
     with anyio.fail_after(10):
         async with Runtime(handler, store=store_url, syncer=QUICK,
-                           max_attempts=max_attempts) as rt:
+                           max_attempts=max_attempts, retry=retry) as rt:
             await rt.submit([{"n": 1}])
             await rt.join()
             row = await rt.store.get_job(job_key({"n": 1}))
@@ -182,16 +185,8 @@ async def test_forward_skip_and_repeat_for_a_resumed_job(store_url: str) -> None
         await ctx.stage("VERIFIED")
         return "done"
 
-    from syncward import RetryPolicy
-
-    async with Runtime(handler, store=store_url, syncer=QUICK,
-                       retry=RetryPolicy(base=0.0, jitter=False)) as rt:
-        with anyio.fail_after(10):
-            await rt.submit([{"n": 1}])
-            await rt.join()
-            row = await rt.store.get_job(job_key({"n": 1}))
+    row = await run_one(store_url, handler, retry=AT_ONCE)
     assert attempts == [(1, None), (2, "DOWNLOADED")]
-    assert row is not None
     assert (row.state, row.stage, row.attempts) == (JobState.SUCCEEDED, "VERIFIED", 2)
 
 
@@ -210,8 +205,6 @@ async def test_undeclared_handlers_keep_free_stages(store_url: str) -> None:
 
 async def test_an_effect_and_its_stage_commit_together_and_resume_together(
         store_url: str) -> None:
-    from syncward import RetryPolicy
-
     runs: list[int] = []
     seen: list[tuple[int, str | None, Any]] = []
 
@@ -227,22 +220,14 @@ async def test_an_effect_and_its_stage_commit_together_and_resume_together(
             raise RuntimeError("crash after the effect and its stage")
         return result
 
-    async with Runtime(handler, store=store_url, syncer=QUICK,
-                       retry=RetryPolicy(base=0.0, jitter=False)) as rt:
-        with anyio.fail_after(10):
-            await rt.submit([{"n": 1}])
-            await rt.join()
-            row = await rt.store.get_job(job_key({"n": 1}))
+    row = await run_one(store_url, handler, retry=AT_ONCE)
     assert runs == [1]  # the second attempt read the record
     assert seen == [(1, "DOWNLOADED", {"bytes": 7}), (2, "DOWNLOADED", {"bytes": 7})]
-    assert row is not None
     assert (row.state, row.stage, row.attempts) == (JobState.SUCCEEDED, "DOWNLOADED", 2)
 
 
 async def test_a_recorded_effect_still_commits_a_stage_it_had_not_reached(
         store_url: str) -> None:
-    from syncward import RetryPolicy
-
     runs: list[int] = []
 
     @stages(*ORDER)
@@ -259,14 +244,8 @@ async def test_a_recorded_effect_still_commits_a_stage_it_had_not_reached(
         assert ctx.current_stage == "VERIFIED"
         return value
 
-    async with Runtime(handler, store=store_url, syncer=QUICK,
-                       retry=RetryPolicy(base=0.0, jitter=False)) as rt:
-        with anyio.fail_after(10):
-            await rt.submit([{"n": 1}])
-            await rt.join()
-            row = await rt.store.get_job(job_key({"n": 1}))
+    row = await run_one(store_url, handler, retry=AT_ONCE)
     assert runs == [1]
-    assert row is not None
     assert (row.state, row.stage, row.result) == (JobState.SUCCEEDED, "VERIFIED", 7)
 
 
