@@ -404,9 +404,9 @@ async def test_a_job_whose_finalized_stage_committed_never_downloads_again(
             await self._ctx.stage(name)
             self._crash_at(name)
 
-        async def effect(self, kind: str, fn: Any, /, *, stage: str | None = None,
-                         **context: Any) -> Any:
-            result = await self._ctx.effect(kind, fn, stage=stage, **context)
+        async def effect_and_stage(self, kind: str, fn: Any, stage: str | None, /,
+                                   **context: Any) -> Any:
+            result = await self._ctx.effect_and_stage(kind, fn, stage, **context)
             self._crash_at(stage)
             return result
 

@@ -6,6 +6,7 @@ Each runtime test runs on the in-memory store and on SQLite; the store is read t
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ async def test_an_effect_and_its_stage_commit_together_and_resume_together(
             runs.append(job.attempt)
             return {"bytes": 7}
 
-        result = await ctx.effect("upload", upload, stage="DOWNLOADED", part=1)
+        result = await ctx.effect_and_stage("upload", upload, "DOWNLOADED", part=1)
         seen.append((job.attempt, ctx.current_stage, result))
         if job.attempt == 1:
             raise RuntimeError("crash after the effect and its stage")
@@ -240,7 +241,7 @@ async def test_a_recorded_effect_still_commits_a_stage_it_had_not_reached(
             await ctx.effect("upload", upload)
             raise RuntimeError("crash before any stage")
         assert job.stage is None
-        value = await ctx.effect("upload", upload, stage="VERIFIED")
+        value = await ctx.effect_and_stage("upload", upload, "VERIFIED")
         assert ctx.current_stage == "VERIFIED"
         return value
 
@@ -257,7 +258,8 @@ async def test_a_refused_stage_on_an_effect_or_claim_runs_and_records_nothing(
     @stages(*ORDER)
     async def handler(job: Job, ctx: Context) -> None:
         await ctx.stage("DOWNLOADED")
-        for call in (lambda: ctx.effect("upload", lambda: ran.append("upload"), stage="HEAD"),
+        for call in (lambda: ctx.effect_and_stage("upload", lambda: ran.append("upload"),
+                                                  "HEAD"),
                      lambda: ctx.claim("sha256", "abc", stage="UNKNOWN")):
             with pytest.raises(StageError) as info:
                 await call()
@@ -268,3 +270,47 @@ async def test_a_refused_stage_on_an_effect_or_claim_runs_and_records_nothing(
     row = await run_one(store_url, handler)
     assert (ran, refused) == ([], ["HEAD", "UNKNOWN"])
     assert (row.state, row.stage) == (JobState.SUCCEEDED, "VERIFIED")
+
+
+async def test_a_context_field_named_stage_stays_part_of_the_op_key(store_url: str) -> None:
+    """`effect`'s keyword arguments are all context fields: two effects that differ only in
+    a field called ``stage`` are two effects, and no job stage is committed."""
+    runs: list[str] = []
+
+    async def handler(job: Job, ctx: Context) -> list[str]:
+        def upload(part: str) -> str:
+            runs.append(part)
+            return f"uploaded {part}"
+
+        return [await ctx.effect("upload", functools.partial(upload, part), stage=part)
+                for part in "ab"]
+
+    row = await run_one(store_url, handler)
+    assert runs == ["a", "b"]
+    assert (row.state, row.stage, row.result) == (
+        JobState.SUCCEEDED, None, ["uploaded a", "uploaded b"])
+
+
+async def test_a_stage_reached_while_the_effect_ran_is_not_undone(store_url: str) -> None:
+    """Another task of the handler commits a later stage while ``fn`` runs: the result is
+    committed without its (now earlier) stage, never moving the job back."""
+    later_committed = anyio.Event()
+
+    @stages(*ORDER)
+    async def handler(job: Job, ctx: Context) -> Any:
+        async def upload() -> int:
+            await later_committed.wait()
+            return 7
+
+        async def verify() -> None:
+            await ctx.stage("VERIFIED")
+            later_committed.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verify)
+            value = await ctx.effect_and_stage("upload", upload, "DOWNLOADED")
+        assert ctx.current_stage == "VERIFIED"
+        return value
+
+    row = await run_one(store_url, handler, max_attempts=1)
+    assert (row.state, row.stage, row.result) == (JobState.SUCCEEDED, "VERIFIED", 7)

@@ -113,8 +113,7 @@ class Context:
             raise LeaseLost(self.job.key, result.reason)
         self._stage = name
 
-    async def effect(self, kind: str, fn: Callable[[], Any], /, *, stage: str | None = None,
-                     **context: str | int) -> Any:
+    async def effect(self, kind: str, fn: Callable[[], Any], /, **context: str | int) -> Any:
         """Run a side effect at most once per op key and return its committed JSON result.
 
         If the operation ledger already holds ``op_key(kind, job.key, **context)`` (an
@@ -123,14 +122,30 @@ class Context:
         thread if it is a plain function), its result is committed to the ledger, and the
         committed result is returned. Between ``fn`` finishing and the commit a crash can
         make ``fn`` run again: effects are at least once, committed results exactly once.
-
-        ``stage`` (so not a context field) also commits that stage, in the same commit as
-        the result, as `stage` would after it; checked against the declared order first.
         Raises:
             LeaseLost: the lease is gone; the result was not recorded.
+            TypeError: ``fn``'s result is not JSON-serialisable.
+        """
+        return await self._effect(kind, fn, None, context)
+
+    async def effect_and_stage(self, kind: str, fn: Callable[[], Any], stage: str | None, /,
+                               **context: str | int) -> Any:
+        """`effect`, and ``stage`` committed in the same commit as its result: one wait
+        where `effect` then `stage` take two (None: no stage, as `effect`).
+
+        The stage is checked against the declared order before ``fn`` runs. A recorded
+        result whose stage was not reached commits the stage without running ``fn``. If
+        the job passed ``stage`` while ``fn`` ran (another task of the handler committed
+        a later stage), the result is committed alone: stages never go back.
+        Raises:
+            LeaseLost: the lease is gone; neither was recorded.
             StageError: ``stage`` is refused by the declared order; nothing ran.
             TypeError: ``fn``'s result is not JSON-serialisable.
         """
+        return await self._effect(kind, fn, stage, context)
+
+    async def _effect(self, kind: str, fn: Callable[[], Any], stage: str | None,
+                      context: dict[str, str | int]) -> Any:
         key = op_key(kind, self.job.key, **context)
         stage = self._next_stage(stage)
         recorded = await self._store.get_op(key)
@@ -172,8 +187,18 @@ class Context:
             self._stages.check(stage, self._stage, job=self.job.key)
         return stage
 
+    def _still_ahead(self, stage: str | None) -> str | None:
+        """``stage`` unless the job reached it or a later one since it was checked."""
+        if stage is None or stage == self._stage:
+            return None
+        order = self._stages
+        if order is not None and order.position(stage) <= order.position(self._stage):
+            return None
+        return stage
+
     async def _record(self, key: str, kind: str, text: str, stage: str | None) -> str:
         """Commit a ledger entry (and ``stage``); the entry's committed JSON text."""
+        stage = self._still_ahead(stage)
         reply: Reply[EffectResult | Rejected] = Reply()
         await self._syncer.send(Effect(self.job.id, self.job.fence, key, kind, text, reply,
                                        stage=stage))

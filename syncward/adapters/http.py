@@ -7,11 +7,12 @@ A handler calls it with its `Context`; it walks the job through committed stages
 The order is declared (`syncward.stages`) on `HttpFetcher.handler`, and a download never
 commits a stage before the one its job has reached: a retried job resuming at STREAMING
 keeps it while it asks again with a HEAD, and one at FINALIZED or later repeats nothing.
-Each stage is committed together with the ledger record it stands on (``ctx.effect(...,
-stage=...)``), and a stage whose facts come with the next one is passed over, so a fresh
-file costs five commits: the destination claim, STREAMING (with the GET's headers),
-FINALIZED (with name, size and SHA-256), DEDUPED (with the content claim) and the outcome
-(ten before: `python -m benchmarks.http` measured 0.687 against 0.647, medians of five).
+Each stage is committed together with the ledger record it stands on
+(``ctx.effect_and_stage``, ``ctx.claim(..., stage=...)``), and a stage whose facts come
+with the next one is passed over, so a fresh file costs five commits: the destination
+claim, STREAMING (with the GET's headers), FINALIZED (with name, size and SHA-256),
+DEDUPED (with the content claim) and the outcome (ten before: `python -m benchmarks.http`
+measured 0.687 against 0.647, medians of five).
 
   * HEAD_DONE: size, ETag and range support, recorded in the operation ledger as the
     effect ``http.head`` (once per attempt: a later attempt asks again, the resource may
@@ -232,9 +233,9 @@ class HttpFetcher:
                 job.stage == HttpStage.STREAMING and await anyio.to_thread.run_sync(
                     _renamed_before, final, fname, job.key)):
             # Renamed by an earlier attempt (which may not have committed FINALIZED).
-            record = await ctx.effect("http.finalize", functools.partial(
+            record = await ctx.effect_and_stage("http.finalize", functools.partial(
                 adopt_final, final, _record(url, fname, None, None)),
-                stage=_ahead(ctx, HttpStage.FINALIZED), path=fname)
+                _ahead(ctx, HttpStage.FINALIZED), path=fname)
         else:
             record = await self._fetch(ctx, url, final, fname)
         return await self._index(ctx, url, final, record)
@@ -245,9 +246,9 @@ class HttpFetcher:
         offset = 0
         info: dict[str, Any] = {"size": None, "etag": None}
         if self.always_head or job.stage in _MAY_HAVE_PART:
-            info = await ctx.effect("http.head", functools.partial(
+            info = await ctx.effect_and_stage("http.head", functools.partial(
                 head, self.client, url, max_retry_after=self.max_retry_after),
-                stage=_ahead(ctx, HttpStage.HEAD_DONE), attempt=job.attempt)
+                _ahead(ctx, HttpStage.HEAD_DONE), attempt=job.attempt)
             self._counts["heads"] += 1
             part, offset = await self._resume_point(ctx, final, fname, info)
             await _reach(ctx, HttpStage.STREAMING)
@@ -259,8 +260,8 @@ class HttpFetcher:
                 return facts
 
             found, _ = await self._resume_point(ctx, final, fname, facts)
-            await ctx.effect("http.head", recorded, stage=_ahead(ctx, HttpStage.STREAMING),
-                             attempt=job.attempt)
+            await ctx.effect_and_stage("http.head", recorded,
+                                       _ahead(ctx, HttpStage.STREAMING), attempt=job.attempt)
             info.update(facts)
             return found
 
@@ -279,9 +280,9 @@ class HttpFetcher:
         part = got.path
         record = {**_record(url, fname, info["etag"], got.started), "sha256": got.sha256,
                   "size": got.size}
-        committed: dict[str, Any] = await ctx.effect(
+        committed: dict[str, Any] = await ctx.effect_and_stage(
             "http.finalize", functools.partial(finalize, part, final, record),
-            stage=_ahead(ctx, HttpStage.FINALIZED), path=fname)
+            _ahead(ctx, HttpStage.FINALIZED), path=fname)
         self._counts["files"] += 1
         if committed != record:  # an earlier run's record won: our copy is spare
             await anyio.to_thread.run_sync(drop_file, part)
