@@ -139,3 +139,13 @@ def test_a_list_item_decodes_or_is_refused_with_its_reason(text: str, expected: 
 ])
 def test_a_stream_entry_is_refused_with_its_reason(fields: Any, reason: str) -> None:
     assert decode_fields(fields) == Malformed(reason)
+
+
+def test_an_entry_nested_too_deeply_is_refused_not_raised() -> None:
+    """A poison entry (JSON nested past the interpreter's recursion limit) is dead-lettered
+    with its reason: raising would crash the source, which would read it again."""
+    deep = "[" * 100_000 + "]" * 100_000
+    item = decode_item('{"identity": {"n": 1}, "payload": ' + deep + "}")
+    entry = decode_fields({b"identity": b'{"n": 1}', b"payload": deep.encode()})
+    assert item == Malformed("item is nested too deeply to decode")
+    assert entry == Malformed("payload is nested too deeply to decode")

@@ -145,6 +145,8 @@ def _json_object(raw: bytes | str, what: str) -> tuple[dict[str, Any], str] | Ma
         value = _loads(text)
     except ValueError as exc:
         return Malformed(f"{what} is not valid JSON: {exc}")
+    except RecursionError:  # one entry must not stop the source (it would be read again)
+        return Malformed(f"{what} is nested too deeply to decode")
     if not isinstance(value, dict):
         return Malformed(f"{what} must be a JSON object, got {type(value).__name__}")
     return value, text
